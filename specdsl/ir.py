@@ -1,0 +1,134 @@
+"""The IR: what a spec means, as frozen dataclasses. Produced by elaborate.py; read by the analysis and backends.
+
+A Model is a tree of Modules whose leaves are Layers (instances of a layer kind with resolved arguments). Each
+Module also holds its dataflow as Ops over its children. A `repeat` is one Module with `count` (and `shared` when one
+set of weights serves every application): repeats are a count, never copies, so a 1.8-trillion-parameter model is a
+few dozen nodes.
+
+Parameter paths: a Layer's parameter `weight` at module path `h.0.attn` is `h.0.attn.weight`, the name it has in
+the torch module, in checkpoints and in ONNX initializers. Iterations of a non-shared repeat are numbered from 0;
+a shared repeat has no index (one set of weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
+
+from .errors import Span
+from .shapes import TensorType
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # local to its layer: "weight", "qkv.bias"
+    shape: tuple[int, ...]
+    trainable: bool = True
+    embedding: bool = False
+    tied_to: str | None = None  # full path of the tensor this parameter *is* (weight tying): counted once, there
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str
+    args: tuple[tuple[str, Any], ...]
+    params: tuple[Param, ...]
+    input: TensorType
+    output: TensorType
+    span: Span
+    description: str = ""
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return dict(self.args)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a module's dataflow. `op` is "call" (apply child `target`) or an element-wise operator
+    ("add", "sub", "mul", "div"); `args` are value names ("%3", an input's name) or numbers."""
+
+    op: str
+    args: tuple[Any, ...]
+    out: str
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # path segment; "" for the model's root
+    label: str  # the block's name, "repeat", or the model's name
+    children: tuple[Node, ...]
+    ops: tuple[Op, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    span: Span
+    count: int = 1  # a repeat applies its body `count` times
+    shared: bool = False  # ... with one set of weights (ALBERT) instead of `count` sets
+    body: str = ""  # what a repeat applies, as written: "gpt_block"
+
+    @property
+    def is_repeat(self) -> bool:
+        return self.label == "repeat"
+
+
+Node = Union[Layer, Module]
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    type: TensorType
+    span: Span
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    root: Module
+    inputs: tuple[Input, ...]
+    outputs: tuple[tuple[str, TensorType], ...]
+    hyperparameters: dict[str, Any] = field(hash=False)
+    path: str = ""
+    source: str = field(default="", repr=False)
+    preset: str | None = None
+
+    def parameters(self) -> Iterator[tuple[str, Param, int]]:
+        """Every parameter tensor as (full path, Param, multiplicity), repeats not unrolled: the path of a repeated
+        one holds `{i}` for the iteration index, and multiplicity says how many tensors it stands for."""
+        yield from _walk_params(self.root, "", 1)
+
+
+def _walk_params(module: Module, prefix: str, mult: int):
+    if module.is_repeat and not module.shared:
+        prefix, mult = prefix + "{i}.", mult * module.count
+    for child in module.children:
+        if isinstance(child, Layer):
+            for p in child.params:
+                yield f"{prefix}{child.name}.{p.name}", p, mult
+        else:
+            yield from _walk_params(child, f"{prefix}{child.name}.", mult)
+
+
+def unrolled_names(model: Model) -> list[str]:
+    """Parameter paths with repeats unrolled, in definition order (what torch's named_parameters lists)."""
+    names: list[str] = []
+
+    def walk(module: Module, prefix: str):
+        if module.is_repeat and not module.shared:
+            for i in range(module.count):
+                for child in module.children:
+                    visit(child, f"{prefix}{i}.")
+        else:
+            for child in module.children:
+                visit(child, prefix)
+
+    def visit(child: Node, prefix: str):
+        if isinstance(child, Layer):
+            names.extend(f"{prefix}{child.name}.{p.name}" for p in child.params if p.tied_to is None)
+        else:
+            walk(child, f"{prefix}{child.name}.")
+
+    walk(model.root, "")
+    return names

@@ -1,0 +1,58 @@
+"""Parameter-free element-wise layers: dropout and activations."""
+
+from __future__ import annotations
+
+from .base import Arg, Kind, expect_float, probability
+
+# The activation names accepted wherever a kind takes `act = ...` (MLP, GatedMLP, MoE).
+# gelu is exact erf GELU (BERT, GPT-1); gelu_tanh is the tanh approximation (GPT-2's "gelu_new").
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "tanh")
+
+
+class Dropout(Kind):
+    name = "Dropout"
+    summary = "zeroes elements with probability p while training"
+    args = (Arg("p", float, 0.0, check=probability),)
+
+    def output_type(self, a, x):
+        expect_float(x, self.name)
+        return x
+
+    def describe(self, a):
+        return f"Dropout({a.p})"
+
+
+class _Activation(Kind):
+    def output_type(self, a, x):
+        expect_float(x, self.name)
+        return x
+
+    def describe(self, a):
+        return self.name
+
+
+class GELU(_Activation):
+    name = "GELU"
+    summary = "Gaussian error linear unit (Hendrycks & Gimpel 2016)"
+    args = (Arg("approximate", str, "none", choices=("none", "tanh")),)
+
+
+class ReLU(_Activation):
+    name = "ReLU"
+    summary = "max(x, 0)"
+
+
+class SiLU(_Activation):
+    name = "SiLU"
+    summary = "x * sigmoid(x) (swish)"
+
+
+class Tanh(_Activation):
+    name = "Tanh"
+    summary = "hyperbolic tangent"
+
+
+class Softmax(_Activation):
+    name = "Softmax"
+    summary = "softmax over a dim (the last by default)"
+    args = (Arg("dim", int, -1),)

@@ -1,0 +1,27 @@
+"""Linear: y = x W^T + b, weight stored [out, in] as in torch.nn.Linear."""
+
+from __future__ import annotations
+
+from ..shapes import concrete_count
+from .base import Arg, Kind, expect_float, expect_last_dim, positive
+
+
+class Linear(Kind):
+    name = "Linear"
+    summary = "affine map [..., in] -> [..., out]; `tie = layer` shares the weight of an Embedding"
+    args = (Arg("in", int, check=positive), Arg("out", int, check=positive), Arg("bias", bool, True))
+    tie_param = "weight"
+
+    def params(self, a):
+        p = {"weight": (a.out, a["in"])}
+        if a.bias:
+            p["bias"] = (a.out,)
+        return p
+
+    def output_type(self, a, x):
+        expect_float(x, self.name)
+        expect_last_dim(x, a["in"], f"Linear({a['in']}, {a.out})")
+        return x.with_last(a.out)
+
+    def flops(self, a, x):
+        return 2 * a["in"] * a.out * concrete_count(x.shape[:-1])

@@ -1,0 +1,33 @@
+"""Normalisation layers: LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019, used by LLaMA)."""
+
+from __future__ import annotations
+
+from .base import Arg, Kind, expect_float, expect_last_dim, positive
+
+
+class LayerNorm(Kind):
+    name = "LayerNorm"
+    summary = "normalise the last dim, then scale (and shift)"
+    args = (Arg("dim", int, check=positive), Arg("eps", float, 1e-5, check=positive), Arg("bias", bool, True))
+
+    def params(self, a):
+        return {"weight": (a.dim,), "bias": (a.dim,)} if a.bias else {"weight": (a.dim,)}
+
+    def output_type(self, a, x):
+        expect_float(x, self.name)
+        expect_last_dim(x, a.dim, f"LayerNorm({a.dim})")
+        return x
+
+
+class RMSNorm(Kind):
+    name = "RMSNorm"
+    summary = "x / rms(x) * weight over the last dim"
+    args = (Arg("dim", int, check=positive), Arg("eps", float, 1e-6, check=positive))
+
+    def params(self, a):
+        return {"weight": (a.dim,)}
+
+    def output_type(self, a, x):
+        expect_float(x, self.name)
+        expect_last_dim(x, a.dim, f"RMSNorm({a.dim})")
+        return x

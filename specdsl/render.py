@@ -1,0 +1,78 @@
+"""Human-readable report of an Analysis: the module tree with counts, then totals, FLOPs, memory and sizing."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .analysis import FLOPS_CONVENTION, PARAMS_CONVENTION, Analysis, ModuleStats
+
+
+def human(n: float, unit: str = "") -> str:
+    """124439808 -> '124.4M'."""
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def human_bytes(n: float) -> str:
+    for size, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= size:
+            return f"{n / size:.1f} {suffix}"
+    return f"{n:.0f} B"
+
+
+def _rows(table: Table, node: ModuleStats, total: int, depth: int) -> None:
+    for child in node.children:
+        if child.params == 0 and not child.children:
+            continue
+        indent = "  " * depth + ("└ " if depth else "")
+        share = f"{100 * child.params / total:.1f}%" if total else ""
+        params = f"{child.params:,}"
+        if child.kind == "repeat" and not child.shared and child.count > 1:
+            params += f"\n[dim]{child.params_each:,} each[/dim]"
+        table.add_row(Text(indent + child.name), child.description, params, share)
+        if child.children:
+            _rows(table, child, total, depth + 1)
+
+
+def report(a: Analysis, source: str, console: Console | None = None) -> None:
+    console = console or Console()
+    title = f"{a.model}  [dim]({source}{', preset ' + a.preset if a.preset else ''})[/dim]"
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("module")
+    table.add_column("layer")
+    table.add_column("params", justify="right")
+    table.add_column("share", justify="right")
+    _rows(table, a.tree, a.total, 0)
+    console.print(table)
+
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("params", f"total {a.total:,} ({human(a.total)})  trainable {a.trainable:,}  "
+                              f"embedding {a.embedding:,}  non-embedding {a.non_embedding:,}")
+    if a.active != a.total:
+        summary.add_row("", f"active per token {a.active:,} ({human(a.active)}, "
+                            f"{100 * a.active / a.total:.1f}% of total)")
+    summary.add_row("", f"[dim]{PARAMS_CONVENTION}[/dim]")
+    ctx = f" at context {a.context:,}" if a.context else ""
+    summary.add_row(f"FLOPs/{a.unit}", f"forward {human(a.forward_flops)}  train {human(a.train_flops)}{ctx}")
+    summary.add_row("", f"[dim]{FLOPS_CONVENTION}[/dim]")
+    m = a.memory()
+    w, t, kv = m["weights"], m["training_adamw"], m["kv_cache_per_token"]
+    summary.add_row("memory", f"weights fp32 {human_bytes(w['fp32'])}  bf16 {human_bytes(w['bf16'])}  "
+                              f"int8 {human_bytes(w['int8'])}")
+    summary.add_row("", f"AdamW training state fp32 {human_bytes(t['fp32'])}  bf16 mixed "
+                        f"{human_bytes(t['bf16_mixed'])}  [dim](activations not included)[/dim]")
+    if kv["bf16"]:
+        seq = m.get("kv_cache_per_sequence")
+        per_seq = f"  ({human_bytes(seq['bf16'])} per sequence of {seq['context']:,})" if seq else ""
+        summary.add_row("", f"KV cache per {a.unit} bf16 {human_bytes(kv['bf16'])}{per_seq}")
+    s = a.sizing()
+    summary.add_row("sizing", f"compute-optimal {human(s['compute_optimal_tokens'])} tokens (20 per parameter), "
+                              f"training compute {s['training_flops']:.2e} FLOPs (6 N D)")
+    console.print()
+    console.print(summary)
