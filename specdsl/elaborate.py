@@ -661,7 +661,8 @@ class Elaborator:
         scope = scope.child()
         inputs: list[ir.Input] = []
         returned = None
-        for stmt in body:
+        returned_exprs: tuple = ()
+        for stmt in self._statements(body, scope):
             try:
                 if isinstance(stmt, S.Input):
                     inputs.append(self._input(stmt, scope, builder, piped, owner, len(inputs)))
@@ -675,10 +676,11 @@ class Elaborator:
                 elif isinstance(stmt, S.Return):
                     if returned is not None:
                         self.fail("a second return", stmt.span)
-                    returned = [self.eval(v, scope, builder) for v in stmt.values]
                     returned_exprs = stmt.values
+                    returned = POISON
+                    returned = [self.eval(v, scope, builder) for v in stmt.values]
             except _Abort:
-                returned = returned if returned is not None else (POISON if isinstance(stmt, S.Return) else None)
+                pass
         if isinstance(owner, S.BlockDef):
             if not inputs:
                 self.fail(f"block '{owner.name}' has no `input`", owner.span,
@@ -709,6 +711,24 @@ class Elaborator:
             outputs.append((oname, v))
         return outputs
 
+    def _statements(self, body, scope: _Scope):
+        """The statements of a body, with each `if` replaced by its chosen branch (evaluated when reached)."""
+        for stmt in body:
+            if not isinstance(stmt, S.If):
+                yield stmt
+                continue
+            try:
+                cond = self.eval_scalar(stmt.condition, scope)
+            except _Abort:
+                continue
+            if isinstance(cond, _Poison):
+                continue
+            if not isinstance(cond, bool):
+                self.record(SpecError(f"`if` needs a true/false condition, got {_type_name(cond)} {cond!r}",
+                                      stmt.condition.span))
+                continue
+            yield from self._statements(stmt.then if cond else stmt.otherwise, scope)
+
     def _input(self, stmt: S.Input, scope: _Scope, builder: _Builder, piped, owner, index: int) -> ir.Input:
         if stmt.name in scope.values:
             self.fail(f"input '{stmt.name}' shadows a hyperparameter or value of the same name", stmt.span)
@@ -716,6 +736,8 @@ class Elaborator:
             if index > 0:
                 self.fail(f"block '{owner.name}' takes one input; '{stmt.name}' is a second", stmt.span)
             value = piped
+            if stmt.default is not None:
+                self.fail("a block's input has no default: it is what the pipeline feeds in", stmt.default.span)
             if stmt.type is not None:
                 declared = self._tensor_type(stmt.type, scope)
                 if not _compatible(declared, piped.type):
@@ -726,8 +748,14 @@ class Elaborator:
             self.fail(f"model input '{stmt.name}' needs a type", stmt.span,
                       hint=f"input {stmt.name}: int[batch, seq <= ctx]")
         ttype = self._tensor_type(stmt.type, scope)
+        default = None
+        if stmt.default is not None:
+            default = self.eval_scalar(stmt.default, scope)
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                self.fail(f"an input's default fills the tensor: a number, got {_type_name(default)}",
+                          stmt.default.span)
         scope.values[stmt.name] = TVal(ttype, stmt.name)
-        return ir.Input(stmt.name, ttype, stmt.span)
+        return ir.Input(stmt.name, ttype, stmt.span, default)
 
     def _tensor_type(self, t: S.TensorType, scope: _Scope) -> TensorType:
         dims = []

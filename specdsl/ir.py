@@ -81,6 +81,7 @@ class Input:
     name: str
     type: TensorType
     span: Span
+    default: int | float | None = None  # optional input: filled with this value when not given
 
 
 @dataclass(frozen=True)

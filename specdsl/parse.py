@@ -197,8 +197,15 @@ class _ToAst(Transformer):
         return children[0]
 
     def input_decl(self, children):
-        tok, ttype = children
-        return S.Input(str(tok), ttype, self._t(tok))
+        tok, ttype, default = children
+        return S.Input(str(tok), ttype, self._t(tok), default)
+
+    @v_args(meta=True)
+    def if_stmt(self, meta, children):
+        cond, then, otherwise = children
+        if isinstance(otherwise, S.If):
+            otherwise = (otherwise,)
+        return S.If(cond, then, otherwise or (), self._m(meta))
 
     def let_stmt(self, children):
         tok, value = children
@@ -231,7 +238,8 @@ class _ToAst(Transformer):
 
     def preset_decl(self, children):
         tok, *assigns = children
-        return S.Preset(str(tok), tuple(a for a in assigns if a is not None), self._t(tok))
+        name = _unquote(str(tok)) if tok.type == "STRING" else str(tok)
+        return S.Preset(name, tuple(a for a in assigns if a is not None), self._t(tok))
 
     def block_param(self, children):
         tok, typ, default = children

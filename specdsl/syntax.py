@@ -117,6 +117,17 @@ class Input:
     name: str
     type: TensorType | None
     span: Span
+    default: Expr | None = None  # an optional model input is filled with this value when not given
+
+
+@dataclass(frozen=True)
+class If:
+    """`if cond { ... } else { ... }`: chosen at compile time from hyperparameters."""
+
+    condition: Expr
+    then: tuple[Statement, ...]
+    otherwise: tuple[Statement, ...]
+    span: Span
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,7 @@ class Assert:
     span: Span
 
 
-Statement = Union[Input, Let, Return, Assert]
+Statement = Union[Input, Let, Return, Assert, If]
 
 # ---- top level ----
 
