@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from functools import lru_cache
 
 import lark
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer
 
 from . import syntax as S
 from .errors import Span, SpecError, register_source
@@ -36,7 +37,7 @@ _TERMINAL_WORDS = {
 def _parser() -> lark.Lark:
     with open(grammar_path(), encoding="utf-8") as f:
         grammar = f.read()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return lark.Lark(grammar, parser="lalr", maybe_placeholders=True)
 
 
 def _terminal_text(name: str) -> str:
@@ -80,43 +81,40 @@ def _span(file: str, line: int, col: int, end_col: int | None = None) -> Span:
     return Span(file, line or 1, col or 1, end_col)
 
 
+def _join(first: Span, last: Span) -> Span:
+    """The span from the start of `first` to the end of `last` when both are on one line."""
+    end = last.end_col if last.line == first.line else None
+    return Span(first.file, first.line, first.col, end)
+
+
 class _ToAst(Transformer):
-    """Lark tree -> syntax dataclasses, each with its span."""
+    """Lark tree -> syntax dataclasses. Every span comes from a token (keywords and operators are named terminals),
+    so the parser runs without propagate_positions, at less than half the cost."""
 
     def __init__(self, file: str):
         super().__init__()
         self.file = file
-
-    def _m(self, meta) -> Span:
-        if getattr(meta, "empty", True):
-            return Span(self.file, 1, 1)
-        end = meta.end_column if meta.end_line == meta.line else None
-        return Span(self.file, meta.line, meta.column, end)
 
     def _t(self, tok: Token) -> Span:
         end = tok.end_column if tok.end_line == tok.line else None
         return Span(self.file, tok.line, tok.column, end)
 
     # ---- atoms ----
-    @v_args(meta=True)
-    def number(self, meta, children):
+    def number(self, children):
         tok = children[0]
         text = str(tok).replace("_", "")
         value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
         return S.Number(value, self._t(tok))
 
-    @v_args(meta=True)
-    def string(self, meta, children):
+    def string(self, children):
         tok = children[0]
         return S.String(_unquote(str(tok)), self._t(tok))
 
-    @v_args(meta=True)
-    def true(self, meta, children):
-        return S.Bool(True, self._m(meta))
+    def true(self, children):
+        return S.Bool(True, self._t(children[0]))
 
-    @v_args(meta=True)
-    def false(self, meta, children):
-        return S.Bool(False, self._m(meta))
+    def false(self, children):
+        return S.Bool(False, self._t(children[0]))
 
     def name(self, children):
         tok = children[0]
@@ -139,59 +137,51 @@ class _ToAst(Transformer):
         tok, args = children
         return S.Call(str(tok), args or S.Arguments((), ()), self._t(tok))
 
-    # ---- operators ----
+    # ---- operators: [left, operator token, right]; the span is the whole expression ----
     def _bin(op):  # noqa: N805 - a factory of methods
-        @v_args(meta=True)
-        def method(self, meta, children):
-            return S.BinOp(op, children[0], children[-1], self._m(meta))
+        def method(self, children):
+            left, _, right = children
+            return S.BinOp(op, left, right, _join(left.span, right.span))
         return method
 
     add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
     floordiv, mod, power = _bin("//"), _bin("%"), _bin("**")
     or_op, and_op = _bin("or"), _bin("and")
 
-    @v_args(meta=True)
-    def compare(self, meta, children):
+    def compare(self, children):
         left, op, right = children
-        return S.BinOp(str(op), left, right, self._m(meta))
+        return S.BinOp(str(op), left, right, _join(left.span, right.span))
 
-    @v_args(meta=True)
-    def neg(self, meta, children):
-        return S.UnaryOp("-", children[0], self._m(meta))
+    def _unary(op):  # noqa: N805
+        def method(self, children):
+            tok, operand = children
+            return S.UnaryOp(op, operand, _join(self._t(tok), operand.span))
+        return method
 
-    @v_args(meta=True)
-    def pos(self, meta, children):
-        return S.UnaryOp("+", children[0], self._m(meta))
-
-    @v_args(meta=True)
-    def not_op(self, meta, children):
-        return S.UnaryOp("not", children[0], self._m(meta))
+    neg, pos, not_op = _unary("-"), _unary("+"), _unary("not")
 
     # ---- pipelines ----
     def layer_call(self, children):
         tok, args = children
         return S.LayerCall(str(tok), args or S.Arguments((), ()), None, self._t(tok))
 
-    @v_args(meta=True)
-    def repeat_stage(self, meta, children):
-        count, shared, *body = children
-        return S.Repeat(count, shared is not None, tuple(body), None, self._m(meta))
+    def repeat_stage(self, children):
+        keyword, count, shared, *body = children
+        return S.Repeat(count, shared is not None, tuple(body), None, self._t(keyword))
 
     def labelled_stage(self, children):
         tok, stage = children
-        from dataclasses import replace
         return replace(stage, label=str(tok), label_span=self._t(tok))
 
-    @v_args(meta=True)
-    def pipe(self, meta, children):
+    def pipe(self, children):
         source, stage = children
         return S.Pipe(source, stage, stage.label_span or stage.span)
 
     # ---- statements ----
-    @v_args(meta=True)
-    def tensor_type(self, meta, children):
+    def tensor_type(self, children):
         dtype, *dims = children
-        return S.TensorType(str(dtype) if dtype is not None else None, tuple(dims), self._m(meta))
+        span = self._t(dtype) if dtype is not None else dims[0].span
+        return S.TensorType(str(dtype) if dtype is not None else None, tuple(dims), span)
 
     def dim(self, children):
         return children[0]
@@ -200,33 +190,31 @@ class _ToAst(Transformer):
         tok, ttype, default = children
         return S.Input(str(tok), ttype, self._t(tok), default)
 
-    @v_args(meta=True)
-    def if_stmt(self, meta, children):
-        cond, then, otherwise = children
+    def if_stmt(self, children):
+        keyword, cond, then, otherwise = children
         if isinstance(otherwise, S.If):
             otherwise = (otherwise,)
-        return S.If(cond, then, otherwise or (), self._m(meta))
+        return S.If(cond, then, otherwise or (), self._t(keyword))
 
     def let_stmt(self, children):
         tok, value = children
         return S.Let(str(tok), value, self._t(tok))
 
-    @v_args(meta=True)
-    def return_stmt(self, meta, children):
-        return S.Return(tuple(children), self._m(meta))
+    def return_stmt(self, children):
+        keyword, *values = children
+        return S.Return(tuple(values), self._t(keyword))
 
-    @v_args(meta=True)
-    def assert_stmt(self, meta, children):
-        cond, msg = children
-        return S.Assert(cond, _unquote(str(msg)) if msg is not None else None, self._m(meta))
+    def assert_stmt(self, children):
+        keyword, cond, msg = children
+        return S.Assert(cond, _unquote(str(msg)) if msg is not None else None, _join(self._t(keyword), cond.span))
 
     def body(self, children):
         return tuple(children)
 
     # ---- top level ----
-    @v_args(meta=True)
-    def use_stmt(self, meta, children):
-        return S.Use(_unquote(str(children[0])), self._m(meta))
+    def use_stmt(self, children):
+        keyword, path = children
+        return S.Use(_unquote(str(path)), _join(self._t(keyword), self._t(path)))
 
     def param_decl(self, children):
         tok, typ, value = children

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -24,22 +26,23 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def _rows(table: Table, node: ModuleStats, total: int, depth: int) -> None:
+def _rows(table: Table, node: ModuleStats, total: int, depth: int, in_repeat: bool = False) -> None:
     for child in node.children:
-        if child.params == 0 and not child.children:
+        if child.params == 0 and not child.children and "tied to" not in child.description:
             continue
         indent = "  " * depth + ("└ " if depth else "")
-        share = f"{100 * child.params / total:.1f}%" if total else ""
+        # Inside a repeat the rows are one iteration's: a share of the whole would mislead.
+        share = f"{100 * child.params / total:.1f}%" if total and not in_repeat else ""
         params = f"{child.params:,}"
         if child.kind == "repeat" and not child.shared and child.count > 1:
             params += f"\n[dim]{child.params_each:,} each[/dim]"
         table.add_row(Text(indent + child.name), child.description, params, share)
         if child.children:
-            _rows(table, child, total, depth + 1)
+            _rows(table, child, total, depth + 1, in_repeat or child.kind == "repeat")
 
 
 def report(a: Analysis, source: str, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 110)
     title = f"{a.model}  [dim]({source}{', preset ' + a.preset if a.preset else ''})[/dim]"
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("module")
