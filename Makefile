@@ -1,0 +1,35 @@
+# Two commands on a fresh machine (see README):
+#   make demo   set up .venv and run the main job
+#   make test   set up .venv and run the test suite
+# torch is installed first, pinned, so pip takes the local CPU build instead of fetching a CUDA one.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/specc compile specs/gpt2.spec
+	$(BIN)/specc compile specs/mixtral.spec
+	$(BIN)/specc compile specs/albert.spec
+	$(BIN)/specc compile specs/gpt4-moe.spec --json | $(BIN)/python -c "import json,sys; p=json.load(sys.stdin)['params']; print(f\"gpt4-moe: {p['total']:,} parameters, {p['active']:,} active per token\")"
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/compile_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
