@@ -1,4 +1,5 @@
-"""How fast is specc? In-process analysis and the whole `specc compile` process, against Hugging Face meta-device models.
+"""How fast is specc? In-process analysis and the whole `specc compile` process, against Hugging Face
+meta-device models.
 
 What is measured, all in one run (the machine is shared and noisy, so competitors are timed alternately, never
 in separate runs, and every reported figure is a median):
@@ -34,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # time the working tree's specdsl
 
-import specdsl
-import specdsl.parse
+import specdsl  # noqa: E402
+import specdsl.parse  # noqa: E402
 
 # (label, spec file, preset, HF config class and kwargs, reference count)
 MODELS = [
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             f"transformers {sys.modules['transformers'].__version__})")
     if proc:
         say(f"\nprocess: {proc['command']}: {proc['specc_ms']:.0f} ms median of {proc['runs']} "
-            f"(python -c pass: {proc['python_pass_ms']:.0f} ms, so specc adds {proc['specc_ms'] - proc['python_pass_ms']:.0f} ms)")
+            f"(python -c pass: {proc['python_pass_ms']:.0f} ms, "
+            f"so specc adds {proc['specc_ms'] - proc['python_pass_ms']:.0f} ms)")
     if note:
         say(f"note: {note}")
 
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{'PASS' if ok else 'FAIL'}  {goal}")
     if args.json:
         skipped = [{"model": m[0], "spec": str(m[1]), "why": m[2]} for m in missing]
-        print(json.dumps({"models": rows, "skipped": skipped, "process": proc, "process_note": note, "goals": goals}, indent=2))
+        print(json.dumps({"models": rows, "skipped": skipped, "process": proc, "process_note": note,
+                          "goals": goals}, indent=2))
     return 0
 
 

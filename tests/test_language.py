@@ -3,9 +3,9 @@
 import pytest
 
 import specdsl
+from conftest import SPECS
 from specdsl.ir import unrolled_names
 from specdsl.shapes import Sym, TensorType
-from conftest import SPECS
 
 GPT = """
 # a tiny GPT

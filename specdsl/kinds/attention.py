@@ -8,7 +8,7 @@ then v) and the output projection `out` [d, heads head_dim].
 
 from __future__ import annotations
 
-from ..shapes import ShapeError, TensorType, concrete_count, max_extent
+from ..shapes import ShapeError, concrete_count, max_extent
 from .base import Arg, Kind, expect_float, expect_last_dim, non_negative, positive, probability
 
 
@@ -25,7 +25,8 @@ class Attention(Kind):
     args = (
         Arg("d", int, check=positive, doc="model width (input and output)"),
         Arg("heads", int, check=positive, doc="query heads"),
-        Arg("kv_heads", int, lambda a: a.heads, check=positive, doc="key/value heads: heads (MHA), 1 (MQA), between (GQA)"),
+        Arg("kv_heads", int, lambda a: a.heads, check=positive,
+            doc="key/value heads: heads (MHA), 1 (MQA), between (GQA)"),
         Arg("head_dim", int, _default_head_dim, check=positive, doc="width of one head; d // heads by default"),
         Arg("causal", bool, True, doc="mask future positions (decoder) or not (encoder)"),
         Arg("bias", bool, False, doc="bias on the q, k, v projection"),
