@@ -12,7 +12,7 @@ from __future__ import annotations
 from .analysis import Analysis, analyse
 from .elaborate import load as _load_model
 from .elaborate import loads as _loads_model
-from .errors import SpecError, Span
+from .errors import Span, SpecError
 from .ir import Model
 
 __version__ = "0.1.0"
@@ -50,4 +50,18 @@ def loads(text: str, preset: str | None = None, overrides: dict | None = None, n
     return Compiled(_loads_model(text, preset, overrides, name))
 
 
-__all__ = ["load", "loads", "Compiled", "SpecError", "Span", "Model", "Analysis", "__version__"]
+__all__ = ["load", "loads", "to_torch", "load_weights", "Compiled", "SpecError", "Span", "Model", "Analysis", "__version__"]
+
+
+def to_torch(compiled, device="cpu", dtype=None):
+    """The spec as a torch.nn.Module whose parameter names are the IR's parameter paths (imports torch)."""
+    import torch
+
+    from .backends.torch_backend import to_torch as _to_torch
+    return _to_torch(compiled, device=device, dtype=dtype or torch.float32)
+
+
+def load_weights(module, source, naming: str | None = None, strict: bool = True) -> dict:
+    """Copy a state dict or .safetensors weights into a compiled module; naming="hf" maps Hugging Face names."""
+    from .backends.weights import load_weights as _load_weights
+    return _load_weights(module, source, naming=naming, strict=strict)

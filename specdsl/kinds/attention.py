@@ -75,6 +75,10 @@ class Attention(Kind):
         tokens = concrete_count(x.shape[:-2]) * (x.shape[-2] if isinstance(x.shape[-2], int) else 1)
         return (proj + 4 * T * a.heads * hd) * tokens
 
+    def to_torch(self, a):
+        from ..backends.torch_modules import Attention
+        return Attention(**a)
+
     def kv_cache_per_token(self, a):
         return 2 * a.kv_heads * a.head_dim
 

@@ -49,6 +49,10 @@ class Conv2d(Kind):
         y = self.output_type(a, x)
         return 2 * a["in"] * a.kernel * a.kernel * concrete_count(y.shape)
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.Conv2d(a["in"], a.out, a.kernel, stride=a.stride, padding=a.padding, bias=a.bias)
+
 
 class _Pool2d(Kind):
     args = (Arg("kernel", int, check=positive), Arg("stride", int, lambda a: a.kernel, check=positive))
@@ -64,10 +68,18 @@ class MaxPool2d(_Pool2d):
     name = "MaxPool2d"
     summary = "maximum over kernel x kernel windows"
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.MaxPool2d(a.kernel, a.stride)
+
 
 class AvgPool2d(_Pool2d):
     name = "AvgPool2d"
     summary = "mean over kernel x kernel windows"
+
+    def to_torch(self, a):
+        from torch import nn
+        return nn.AvgPool2d(a.kernel, a.stride)
 
 
 class Flatten(Kind):
@@ -86,6 +98,10 @@ class Flatten(Kind):
     def describe(self, a):
         return "Flatten"
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.Flatten(start_dim=a.start)
+
 
 class Select(Kind):
     name = "Select"
@@ -100,3 +116,7 @@ class Select(Kind):
         if isinstance(extent, int) and not -extent <= a.index < extent:
             raise ShapeError(f"Select(index={a.index}) is out of range for dim {dim} of {x}")
         return TensorType(x.dtype, x.shape[:dim] + x.shape[dim + 1:])
+
+    def to_torch(self, a):
+        from ..backends.torch_modules import Select
+        return Select(a.dim, a.index)

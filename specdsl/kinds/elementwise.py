@@ -21,6 +21,10 @@ class Dropout(Kind):
     def describe(self, a):
         return f"Dropout({a.p})"
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.Dropout(a.p)
+
 
 class _Activation(Kind):
     def output_type(self, a, x):
@@ -36,23 +40,43 @@ class GELU(_Activation):
     summary = "Gaussian error linear unit (Hendrycks & Gimpel 2016)"
     args = (Arg("approximate", str, "none", choices=("none", "tanh")),)
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.GELU(approximate=a.approximate)
+
 
 class ReLU(_Activation):
     name = "ReLU"
     summary = "max(x, 0)"
+
+    def to_torch(self, a):
+        from torch import nn
+        return nn.ReLU()
 
 
 class SiLU(_Activation):
     name = "SiLU"
     summary = "x * sigmoid(x) (swish)"
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.SiLU()
+
 
 class Tanh(_Activation):
     name = "Tanh"
     summary = "hyperbolic tangent"
+
+    def to_torch(self, a):
+        from torch import nn
+        return nn.Tanh()
 
 
 class Softmax(_Activation):
     name = "Softmax"
     summary = "softmax over a dim (the last by default)"
     args = (Arg("dim", int, -1),)
+
+    def to_torch(self, a):
+        from ..backends.torch_modules import Softmax
+        return Softmax(a.dim)

@@ -22,6 +22,10 @@ class Embedding(Kind):
             raise ShapeError(f"Embedding expects int token ids but got {x}")
         return TensorType("float", x.shape + (a.dim,))
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.Embedding(a.num, a.dim)
+
 
 class PositionalEmbedding(Kind):
     """Learned absolute positions, added to the input: x + weight[0:T] (GPT-1/2, BERT)."""
@@ -44,3 +48,7 @@ class PositionalEmbedding(Kind):
         if longest is not None and longest > a.num:
             raise ShapeError(f"sequences of up to {longest} positions but PositionalEmbedding has only {a.num}")
         return x
+
+    def to_torch(self, a):
+        from ..backends.torch_modules import PositionalEmbedding
+        return PositionalEmbedding(a.num, a.dim)

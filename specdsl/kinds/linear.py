@@ -25,3 +25,7 @@ class Linear(Kind):
 
     def flops(self, a, x):
         return 2 * a["in"] * a.out * concrete_count(x.shape[:-1])
+
+    def to_torch(self, a):
+        from torch import nn
+        return nn.Linear(a["in"], a.out, bias=a.bias)

@@ -38,6 +38,10 @@ class MLP(Kind):
     def describe(self, a):
         return f"MLP({a.d}, {a.ffn}, {a.act})"
 
+    def to_torch(self, a):
+        from ..backends.torch_modules import MLP
+        return MLP(**a)
+
 
 class GatedMLP(Kind):
     name = "GatedMLP"
@@ -58,6 +62,10 @@ class GatedMLP(Kind):
 
     def describe(self, a):
         return f"GatedMLP({a.d}, {a.ffn}, {a.act})"
+
+    def to_torch(self, a):
+        from ..backends.torch_modules import GatedMLP
+        return GatedMLP(**a)
 
 
 class MoE(Kind):
@@ -102,6 +110,10 @@ class MoE(Kind):
 
     def describe(self, a):
         return f"MoE({a.d}, {a.ffn}, {a.experts} experts, top {a.top_k})"
+
+    def to_torch(self, a):
+        from ..backends.torch_modules import MoE
+        return MoE(**a)
 
 
 def _numel(shape) -> int:

@@ -18,6 +18,10 @@ class LayerNorm(Kind):
         expect_last_dim(x, a.dim, f"LayerNorm({a.dim})")
         return x
 
+    def to_torch(self, a):
+        from torch import nn
+        return nn.LayerNorm(a.dim, eps=a.eps, bias=a.bias)
+
 
 class RMSNorm(Kind):
     name = "RMSNorm"
@@ -31,3 +35,7 @@ class RMSNorm(Kind):
         expect_float(x, self.name)
         expect_last_dim(x, a.dim, f"RMSNorm({a.dim})")
         return x
+
+    def to_torch(self, a):
+        from torch import nn
+        return nn.RMSNorm(a.dim, eps=a.eps)

@@ -1,0 +1,196 @@
+"""IR -> torch.nn.Module. Each layer becomes its kind's torch form (Kind.to_torch); each IR Module becomes a small
+graph module that runs its ops in order. Parameter names are the IR's parameter paths.
+
+- A non-shared repeat holds `count` numbered copies (h.0, h.1, ...); a shared repeat holds one body applied
+  `count` times (ALBERT), so its gradients accumulate from every application.
+- A tied parameter is the same Parameter object as its target (one tensor; gradients from both uses).
+- Optional model inputs (`input token_types: int[...] = 0`) are filled with their default when not given.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .. import ir
+from ..errors import SpecError
+from ..kinds import KINDS, Args
+from ..shapes import Sym
+from .torch_modules import init_gpt2_
+
+_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
+
+
+class GraphModule(nn.Module):
+    """One IR Module: its children as submodules (registered in IR order) and its ops as a straight-line program."""
+
+    def __init__(self, module: ir.Module):
+        super().__init__()
+        for child in module.children:
+            self.add_module(child.name, build(child))
+        self._ops = tuple((op.op, op.args, op.out, op.target) for op in module.ops)
+        self._inputs = module.inputs
+        self._outputs = module.outputs
+
+    def run(self, values: dict):
+        for op, args, out, target in self._ops:
+            if op == "call":
+                values[out] = self._modules[target](values[args[0]])
+            else:
+                a, b = (values[v] if isinstance(v, str) else v for v in args)
+                values[out] = _BINARY[op](a, b)
+        return values
+
+    def forward(self, *inputs):
+        values = self.run(dict(zip(self._inputs, inputs)))
+        outs = tuple(values[o] for o in self._outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+
+class Repeat(nn.Module):
+    """`repeat N { body }`: N numbered bodies, or with `shared` one body applied N times."""
+
+    def __init__(self, module: ir.Module):
+        super().__init__()
+        self.count, self.shared = module.count, module.shared
+        body = ir.Module("body", "body", module.children, module.ops, module.inputs, module.outputs, module.span)
+        if self.shared:
+            # One body, not registered itself: its children sit directly under the repeat (layer.attn.qkv.weight,
+            # no index), so parameter names, .to() and .train() all see them once.
+            object.__setattr__(self, "_body", GraphModule(body))
+            for name, child in self._body.named_children():
+                self.add_module(name, child)
+        else:
+            for i in range(module.count):
+                self.add_module(str(i), GraphModule(body))
+
+    def forward(self, x):
+        if self.shared:
+            for _ in range(self.count):
+                x = self._body(x)
+            return x
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+
+def build(node: ir.Node) -> nn.Module:
+    if isinstance(node, ir.Layer):
+        return KINDS[node.kind].to_torch(Args(node.args))
+    if node.is_repeat:
+        return Repeat(node)
+    return GraphModule(node)
+
+
+class SpecModule(GraphModule):
+    """The whole model. `module(tokens)` for a language model: int64 [B, T] -> float [B, T, vocab]."""
+
+    def __init__(self, model: ir.Model):
+        super().__init__(model.root)
+        self.spec = model
+        self._defaults = {i.name: (i.default, i.type) for i in model.inputs if i.default is not None}
+        self._input_types = {i.name: i.type for i in model.inputs}
+
+    def forward(self, *inputs, **named):
+        given = dict(zip(self._inputs, inputs))
+        given.update(named)
+        sizes = {}
+        for name, value in given.items():
+            for dim, n in zip(self._input_types[name].shape, value.shape):
+                if isinstance(dim, Sym):
+                    sizes[dim.name] = n
+        for name in self._inputs:
+            if name not in given:
+                if name not in self._defaults:
+                    raise TypeError(f"{self.spec.name}: missing input '{name}'")
+                default, ttype = self._defaults[name]
+                shape = [sizes[d.name] if isinstance(d, Sym) else d for d in ttype.shape]
+                ref = next(iter(given.values()))
+                dtype = torch.long if ttype.dtype == "int" else ref.dtype
+                given[name] = torch.full(shape, default, dtype=dtype, device=ref.device)
+        values = self.run(given)
+        outs = tuple(values[o] for o in self._outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def aux_loss(self) -> torch.Tensor | float:
+        """Sum of the mixture-of-experts load-balancing losses of the last forward (0 for dense models)."""
+        losses = [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None
+                  and isinstance(m.aux_loss, torch.Tensor)]
+        return sum(losses) if losses else 0.0
+
+
+def _layers_with_paths(module: ir.Module, prefix: str):
+    """(path, Layer) for every layer, repeats unrolled (a shared repeat once)."""
+    if module.is_repeat and not module.shared:
+        for i in range(module.count):
+            for child in module.children:
+                yield from _visit(child, f"{prefix}{i}.")
+    else:
+        for child in module.children:
+            yield from _visit(child, prefix)
+
+
+def _visit(child: ir.Node, prefix: str):
+    if isinstance(child, ir.Layer):
+        yield prefix + child.name, child
+    else:
+        yield from _layers_with_paths(child, f"{prefix}{child.name}.")
+
+
+def _tie(root: nn.Module, model: ir.Model) -> None:
+    for path, layer in _layers_with_paths(model.root, ""):
+        for p in layer.params:
+            if p.tied_to is None:
+                continue
+            owner = root.get_submodule(path)
+            *inner, leaf = p.name.split(".")
+            for part in inner:
+                owner = getattr(owner, part)
+            setattr(owner, leaf, root.get_parameter(p.tied_to))
+
+
+_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return None
+
+
+def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SpecModule:
+    """Build the torch module of a spec (a `specdsl.Compiled` or an `ir.Model`).
+
+    Refuses, before allocating anything, a model whose weights would not fit in the device's free memory; build
+    such a model on device="meta" to inspect it."""
+    from .. import Compiled
+    from ..analysis import analyse
+    if isinstance(model, Compiled):
+        model, total = model.model, model.analysis.total
+    else:
+        total = analyse(model).total
+    device = torch.device(device)
+    if device.type != "meta":
+        need = total * _BYTES.get(dtype, 4)
+        free = _free_bytes(device)
+        if free is not None and need > 0.9 * free:
+            raise SpecError(f"model '{model.name}' needs {need / 2**30:,.1f} GiB for its {total:,} weights but "
+                            f"{device} has {free / 2**30:,.1f} GiB free", model.root.span,
+                            hint="build it with device='meta' to inspect it, or shrink it with --set")
+    with torch.device(device):
+        module = SpecModule(model)
+    if device.type != "meta":
+        init_gpt2_(module)
+    _tie(module, model)
+    return module.to(dtype=dtype)

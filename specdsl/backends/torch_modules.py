@@ -1,0 +1,210 @@
+"""The torch forms of the layer kinds that torch.nn lacks. A leaf of the package: only the torch backend imports it.
+
+Parameter names and shapes are the ones the kinds declare in specdsl/kinds (qkv.weight, experts.gate, ...): a test
+checks every kind's module against its declaration. These classes are plain PyTorch with no import of specdsl, so
+`specc compile --emit-torch` can copy them into a standalone file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+class PositionalEmbedding(nn.Module):
+    """Learned absolute positions added to the input: x + weight[:T] (GPT-2's wpe, BERT's position_embeddings)."""
+
+    def __init__(self, num: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, dim))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        T = x.shape[-2]
+        return x + self.weight[offset:offset + T]
+
+
+def rotary_cos_sin(T: int, head_dim: int, theta: float, device, dtype, offset: int = 0):
+    """cos and sin [T, head_dim] for rotary positions, as Hugging Face LLaMA computes them (float32, halves)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    positions = torch.arange(offset, offset + T, device=device, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [B, H, T, hd] by position (Su et al. 2021), rotate-half layout (GPT-NeoX, Hugging Face LLaMA)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused q/k/v projection; GQA/MQA through kv_heads (no copies of k and v:
+    SDPA's enable_gqa), rotary positions, a sliding window, and scaled_dot_product_attention."""
+
+    def __init__(self, d: int, heads: int, kv_heads: int, head_dim: int, causal: bool = True, bias: bool = False,
+                 out_bias: bool = False, rope: bool = False, rope_theta: float = 10000.0, window: int = 0,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.causal, self.rope, self.rope_theta, self.window, self.dropout = causal, rope, rope_theta, window, dropout
+        self.qkv = nn.Linear(d, (heads + 2 * kv_heads) * head_dim, bias=bias)
+        self.out = nn.Linear(heads * head_dim, d, bias=out_bias)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """x [B, T, d]. `cache` (optional, for decoding): {"k": [B, kv, S, hd], "v": ..., "offset": S} is read and
+        updated in place with this step's keys and values."""
+        B, T, _ = x.shape
+        h, kv, hd = self.heads, self.kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1)
+        q = q.view(B, T, h, hd).transpose(1, 2)
+        k = k.view(B, T, kv, hd).transpose(1, 2)
+        v = v.view(B, T, kv, hd).transpose(1, 2)
+        offset = cache["offset"] if cache is not None else 0
+        if self.rope:
+            cos, sin = rotary_cos_sin(T, hd, self.rope_theta, x.device, q.dtype, offset)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            if cache.get("k") is not None:
+                k = torch.cat((cache["k"], k), dim=2)
+                v = torch.cat((cache["v"], v), dim=2)
+            cache["k"], cache["v"], cache["offset"] = k, v, offset + T
+        S = k.shape[2]
+        mask = None
+        is_causal = self.causal and S == T
+        if (self.causal and S != T) or (self.window and S > self.window):
+            # Explicit mask: decoding with a cache (queries are the last T of S positions) or a sliding window.
+            qpos = torch.arange(S - T, S, device=x.device)[:, None]
+            kpos = torch.arange(S, device=x.device)[None, :]
+            mask = kpos <= qpos if self.causal else torch.ones(T, S, dtype=torch.bool, device=x.device)
+            if self.window:
+                mask = mask & (qpos - kpos < self.window)
+            is_causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=kv != h)
+        return self.out(y.transpose(1, 2).reshape(B, T, h * hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, ffn: int, act: str = "gelu", bias: bool = True):
+        super().__init__()
+        self.fc = nn.Linear(d, ffn, bias=bias)
+        self.proj = nn.Linear(ffn, d, bias=bias)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, d: int, ffn: int, act: str = "silu", bias: bool = False):
+        super().__init__()
+        self.gate = nn.Linear(d, ffn, bias=bias)
+        self.up = nn.Linear(d, ffn, bias=bias)
+        self.down = nn.Linear(ffn, d, bias=bias)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+class Experts(nn.Module):
+    """`experts` MLPs stored as stacked tensors [E, ...] (one parameter per role, like Mixtral's fused layout)."""
+
+    def __init__(self, d: int, ffn: int, experts: int, gated: bool, bias: bool):
+        super().__init__()
+        shapes = {"gate": (ffn, d), "up": (ffn, d), "down": (d, ffn)} if gated else {"fc": (ffn, d), "proj": (d, ffn)}
+        if bias:
+            shapes.update({"gate_bias": (ffn,), "up_bias": (ffn,), "down_bias": (d,)} if gated
+                          else {"fc_bias": (ffn,), "proj_bias": (d,)})
+        for name, shape in shapes.items():
+            p = nn.Parameter(torch.empty(experts, *shape))
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, std=0.02)
+            self.register_parameter(name, p)
+        self.gated, self.bias = gated, bias
+
+    def forward_expert(self, e: int, x: torch.Tensor, act) -> torch.Tensor:
+        b = (lambda name: getattr(self, name)[e]) if self.bias else (lambda name: None)
+        if self.gated:
+            h = act(F.linear(x, self.gate[e], b("gate_bias"))) * F.linear(x, self.up[e], b("up_bias"))
+            return F.linear(h, self.down[e], b("down_bias"))
+        return F.linear(act(F.linear(x, self.fc[e], b("fc_bias"))), self.proj[e], b("proj_bias"))
+
+
+class MoE(nn.Module):
+    """Sparse mixture of experts with top-k routing (Shazeer et al. 2017; Mixtral): each token runs only its top_k
+    experts, so compute grows with top_k, not with the number of experts. After each forward, `aux_loss` holds
+    the Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4): E * sum_e f_e * P_e."""
+
+    def __init__(self, d: int, ffn: int, experts: int, top_k: int, act: str = "silu", gated: bool = True,
+                 bias: bool = False):
+        super().__init__()
+        self.router = nn.Linear(d, experts, bias=False)
+        self.experts = Experts(d, ffn, experts, gated, bias)
+        self.num_experts, self.top_k, self.act = experts, top_k, ACTIVATIONS[act]
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = F.softmax(self.router(x), dim=-1, dtype=torch.float32)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        for e in range(self.num_experts):
+            token, slot = torch.where(chosen == e)
+            if token.numel() == 0:
+                continue
+            y = self.experts.forward_expert(e, x[token], self.act) * weights[token, slot, None]
+            out.index_add_(0, token, y)
+        fraction = F.one_hot(chosen, self.num_experts).float().sum(dim=(0, 1)) / (x.shape[0] * self.top_k)
+        self.aux_loss = self.num_experts * (fraction * probs.mean(dim=0)).sum()
+        return out.reshape(shape)
+
+
+class Select(nn.Module):
+    def __init__(self, dim: int, index: int):
+        super().__init__()
+        self.dim, self.index = dim, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.select(self.dim, self.index)
+
+
+class Softmax(nn.Module):
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(x, dim=self.dim)
+
+
+def init_gpt2_(module: nn.Module) -> None:
+    """GPT-2's initialisation (Radford et al. 2019; nanoGPT): weights N(0, 0.02), biases zero, norms one."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
