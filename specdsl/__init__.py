@@ -50,7 +50,8 @@ def loads(text: str, preset: str | None = None, overrides: dict | None = None, n
     return Compiled(_loads_model(text, preset, overrides, name))
 
 
-__all__ = ["load", "loads", "to_torch", "load_weights", "Compiled", "SpecError", "Span", "Model", "Analysis", "__version__"]
+__all__ = ["load", "loads", "to_torch", "load_weights", "emit_torch", "Compiled", "SpecError", "Span", "Model", "Analysis",
+           "__version__"]
 
 
 def to_torch(compiled, device="cpu", dtype=None):
@@ -65,3 +66,9 @@ def load_weights(module, source, naming: str | None = None, strict: bool = True)
     """Copy a state dict or .safetensors weights into a compiled module; naming="hf" maps Hugging Face names."""
     from .backends.weights import load_weights as _load_weights
     return _load_weights(module, source, naming=naming, strict=strict)
+
+
+def emit_torch(compiled) -> str:
+    """A standalone PyTorch file (no import of specdsl) that builds the same module, with the same names."""
+    from .backends.emit_torch import emit_torch as _emit
+    return _emit(compiled.model if isinstance(compiled, Compiled) else compiled)

@@ -50,6 +50,8 @@ def compile_(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="A named preset of the spec."),
     sets: list[str] = typer.Option([], "--set", "-s", help="Override a hyperparameter: --set d=1024 (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the report."),
+    emit_torch: Optional[str] = typer.Option(None, "--emit-torch", metavar="OUT.py",
+                                             help="Also write a standalone PyTorch file of the model."),
 ) -> None:
     """Parse, check and analyse a spec: exact parameter counts, FLOPs per token and memory."""
     from . import load
@@ -57,6 +59,11 @@ def compile_(
         compiled = load(file, preset=preset, overrides=_overrides(sets))
     except SpecError as e:
         _fail(e)
+    if emit_torch:
+        from . import emit_torch as emit
+        from .io import write_text_atomic
+        write_text_atomic(emit_torch, emit(compiled))
+        print(f"wrote {emit_torch}", file=sys.stderr)
     if as_json:
         print(json.dumps(compiled.to_json(), indent=2))
     else:

@@ -133,3 +133,21 @@ def unrolled_names(model: Model) -> list[str]:
 
     walk(model.root, "")
     return names
+
+
+def layers_with_paths(module: Module, prefix: str = ""):
+    """(path, Layer) for every layer, repeats unrolled (a shared repeat once): the torch module's layout."""
+    if module.is_repeat and not module.shared:
+        for i in range(module.count):
+            for child in module.children:
+                yield from _visit(child, f"{prefix}{i}.")
+    else:
+        for child in module.children:
+            yield from _visit(child, prefix)
+
+
+def _visit(child: Node, prefix: str):
+    if isinstance(child, Layer):
+        yield prefix + child.name, child
+    else:
+        yield from layers_with_paths(child, f"{prefix}{child.name}.")

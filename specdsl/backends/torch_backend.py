@@ -121,26 +121,8 @@ class SpecModule(GraphModule):
         return sum(losses) if losses else 0.0
 
 
-def _layers_with_paths(module: ir.Module, prefix: str):
-    """(path, Layer) for every layer, repeats unrolled (a shared repeat once)."""
-    if module.is_repeat and not module.shared:
-        for i in range(module.count):
-            for child in module.children:
-                yield from _visit(child, f"{prefix}{i}.")
-    else:
-        for child in module.children:
-            yield from _visit(child, prefix)
-
-
-def _visit(child: ir.Node, prefix: str):
-    if isinstance(child, ir.Layer):
-        yield prefix + child.name, child
-    else:
-        yield from _layers_with_paths(child, f"{prefix}{child.name}.")
-
-
 def _tie(root: nn.Module, model: ir.Model) -> None:
-    for path, layer in _layers_with_paths(model.root, ""):
+    for path, layer in ir.layers_with_paths(model.root):
         for p in layer.params:
             if p.tied_to is None:
                 continue

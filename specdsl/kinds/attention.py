@@ -9,7 +9,7 @@ then v) and the output projection `out` [d, heads head_dim].
 from __future__ import annotations
 
 from ..shapes import ShapeError, concrete_count, max_extent
-from .base import Arg, Kind, expect_float, expect_last_dim, non_negative, positive, probability
+from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, non_negative, positive, probability
 
 
 def _default_head_dim(a):
@@ -75,9 +75,8 @@ class Attention(Kind):
         tokens = concrete_count(x.shape[:-2]) * (x.shape[-2] if isinstance(x.shape[-2], int) else 1)
         return (proj + 4 * T * a.heads * hd) * tokens
 
-    def to_torch(self, a):
-        from ..backends.torch_modules import Attention
-        return Attention(**a)
+    def torch_form(self, a):
+        return TorchForm("Attention", (), dict(a))
 
     def kv_cache_per_token(self, a):
         return 2 * a.kv_heads * a.head_dim

@@ -1,18 +1,33 @@
 """What every layer kind declares: its arguments, parameters, output type, FLOPs, KV cache and torch form.
 
 A kind is described once (DEVELOPERS.md, principle 1). The analysis, the torch backend and the ONNX export all read
-the same declaration, so they cannot drift apart. Nothing here imports torch: `to_torch` imports it when called.
+the same declaration, so they cannot drift apart. Nothing here imports torch: `to_torch` imports it when
+called.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Callable
 
 from ..shapes import ShapeError, TensorType
 
 REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class TorchForm:
+    """How a layer becomes torch: a constructor ("nn.Linear", or a class of backends/torch_modules.py) and its
+    arguments. The torch backend calls it; `--emit-torch` writes it as source. One declaration, two uses."""
+
+    constructor: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def source(self) -> str:
+        parts = [repr(v) for v in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.constructor}({', '.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -80,9 +95,14 @@ class Kind:
         shown = [str(a[arg.name]) for arg in self.args if arg.default is REQUIRED]
         return f"{self.name}({', '.join(shown)})"
 
-    # ---- the torch form (issue 3): imported lazily so the kind stays torch-free ----
-    def to_torch(self, a: Args):  # pragma: no cover - implemented per kind by the torch backend
-        raise NotImplementedError(f"{self.name} has no torch form yet")
+    # ---- the torch form: declared as data, so the torch backend builds it and --emit-torch writes it ----
+    def torch_form(self, a: Args) -> TorchForm:
+        raise NotImplementedError(f"{self.name} has no torch form")
+
+    def to_torch(self, a: Args):
+        """The torch module of one layer (imports torch)."""
+        from ..backends.torch_modules import build_form
+        return build_form(self.torch_form(a))
 
     # ---- helpers for kinds ----
     def param_count(self, a: Args) -> int:

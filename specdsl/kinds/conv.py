@@ -5,7 +5,7 @@ from __future__ import annotations
 from math import prod
 
 from ..shapes import ShapeError, Sym, TensorType, concrete_count
-from .base import Arg, Kind, expect_float, non_negative, positive
+from .base import Arg, Kind, TorchForm, expect_float, non_negative, positive
 
 
 def _out_extent(n, kernel: int, stride: int, padding: int, what: str):
@@ -49,9 +49,9 @@ class Conv2d(Kind):
         y = self.output_type(a, x)
         return 2 * a["in"] * a.kernel * a.kernel * concrete_count(y.shape)
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.Conv2d(a["in"], a.out, a.kernel, stride=a.stride, padding=a.padding, bias=a.bias)
+    def torch_form(self, a):
+        return TorchForm("nn.Conv2d", (a["in"], a.out, a.kernel),
+                         {"stride": a.stride, "padding": a.padding, "bias": a.bias})
 
 
 class _Pool2d(Kind):
@@ -68,18 +68,16 @@ class MaxPool2d(_Pool2d):
     name = "MaxPool2d"
     summary = "maximum over kernel x kernel windows"
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.MaxPool2d(a.kernel, a.stride)
+    def torch_form(self, a):
+        return TorchForm("nn.MaxPool2d", (a.kernel, a.stride))
 
 
 class AvgPool2d(_Pool2d):
     name = "AvgPool2d"
     summary = "mean over kernel x kernel windows"
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.AvgPool2d(a.kernel, a.stride)
+    def torch_form(self, a):
+        return TorchForm("nn.AvgPool2d", (a.kernel, a.stride))
 
 
 class Flatten(Kind):
@@ -98,9 +96,8 @@ class Flatten(Kind):
     def describe(self, a):
         return "Flatten"
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.Flatten(start_dim=a.start)
+    def torch_form(self, a):
+        return TorchForm("nn.Flatten", (), {"start_dim": a.start})
 
 
 class Select(Kind):
@@ -117,6 +114,5 @@ class Select(Kind):
             raise ShapeError(f"Select(index={a.index}) is out of range for dim {dim} of {x}")
         return TensorType(x.dtype, x.shape[:dim] + x.shape[dim + 1:])
 
-    def to_torch(self, a):
-        from ..backends.torch_modules import Select
-        return Select(a.dim, a.index)
+    def torch_form(self, a):
+        return TorchForm("Select", (a.dim, a.index))

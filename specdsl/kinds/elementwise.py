@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Arg, Kind, expect_float, probability
+from .base import Arg, Kind, TorchForm, expect_float, probability
 
 # The activation names accepted wherever a kind takes `act = ...` (MLP, GatedMLP, MoE).
 # gelu is exact erf GELU (BERT, GPT-1); gelu_tanh is the tanh approximation (GPT-2's "gelu_new").
@@ -21,9 +21,8 @@ class Dropout(Kind):
     def describe(self, a):
         return f"Dropout({a.p})"
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.Dropout(a.p)
+    def torch_form(self, a):
+        return TorchForm("nn.Dropout", (a.p,))
 
 
 class _Activation(Kind):
@@ -40,36 +39,32 @@ class GELU(_Activation):
     summary = "Gaussian error linear unit (Hendrycks & Gimpel 2016)"
     args = (Arg("approximate", str, "none", choices=("none", "tanh")),)
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.GELU(approximate=a.approximate)
+    def torch_form(self, a):
+        return TorchForm("nn.GELU", (), {"approximate": a.approximate})
 
 
 class ReLU(_Activation):
     name = "ReLU"
     summary = "max(x, 0)"
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.ReLU()
+    def torch_form(self, a):
+        return TorchForm("nn.ReLU")
 
 
 class SiLU(_Activation):
     name = "SiLU"
     summary = "x * sigmoid(x) (swish)"
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.SiLU()
+    def torch_form(self, a):
+        return TorchForm("nn.SiLU")
 
 
 class Tanh(_Activation):
     name = "Tanh"
     summary = "hyperbolic tangent"
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.Tanh()
+    def torch_form(self, a):
+        return TorchForm("nn.Tanh")
 
 
 class Softmax(_Activation):
@@ -77,6 +72,5 @@ class Softmax(_Activation):
     summary = "softmax over a dim (the last by default)"
     args = (Arg("dim", int, -1),)
 
-    def to_torch(self, a):
-        from ..backends.torch_modules import Softmax
-        return Softmax(a.dim)
+    def torch_form(self, a):
+        return TorchForm("Softmax", (a.dim,))

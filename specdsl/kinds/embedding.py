@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import ShapeError, TensorType, max_extent
-from .base import Arg, Kind, expect_float, expect_last_dim, positive
+from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
 
 
 class Embedding(Kind):
@@ -22,9 +22,8 @@ class Embedding(Kind):
             raise ShapeError(f"Embedding expects int token ids but got {x}")
         return TensorType("float", x.shape + (a.dim,))
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.Embedding(a.num, a.dim)
+    def torch_form(self, a):
+        return TorchForm("nn.Embedding", (a.num, a.dim))
 
 
 class PositionalEmbedding(Kind):
@@ -49,6 +48,5 @@ class PositionalEmbedding(Kind):
             raise ShapeError(f"sequences of up to {longest} positions but PositionalEmbedding has only {a.num}")
         return x
 
-    def to_torch(self, a):
-        from ..backends.torch_modules import PositionalEmbedding
-        return PositionalEmbedding(a.num, a.dim)
+    def torch_form(self, a):
+        return TorchForm("PositionalEmbedding", (a.num, a.dim))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import concrete_count
-from .base import Arg, Kind, expect_float, expect_last_dim, positive
+from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
 
 
 class Linear(Kind):
@@ -26,6 +26,5 @@ class Linear(Kind):
     def flops(self, a, x):
         return 2 * a["in"] * a.out * concrete_count(x.shape[:-1])
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.Linear(a["in"], a.out, bias=a.bias)
+    def torch_form(self, a):
+        return TorchForm("nn.Linear", (a["in"], a.out), {"bias": a.bias})

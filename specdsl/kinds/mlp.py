@@ -8,7 +8,7 @@ and mixes their outputs with the renormalised router probabilities.
 from __future__ import annotations
 
 from ..shapes import ShapeError, concrete_count
-from .base import Arg, Kind, expect_float, expect_last_dim, positive
+from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
 from .elementwise import ACTIVATIONS
 
 
@@ -38,9 +38,8 @@ class MLP(Kind):
     def describe(self, a):
         return f"MLP({a.d}, {a.ffn}, {a.act})"
 
-    def to_torch(self, a):
-        from ..backends.torch_modules import MLP
-        return MLP(**a)
+    def torch_form(self, a):
+        return TorchForm("MLP", (), dict(a))
 
 
 class GatedMLP(Kind):
@@ -63,9 +62,8 @@ class GatedMLP(Kind):
     def describe(self, a):
         return f"GatedMLP({a.d}, {a.ffn}, {a.act})"
 
-    def to_torch(self, a):
-        from ..backends.torch_modules import GatedMLP
-        return GatedMLP(**a)
+    def torch_form(self, a):
+        return TorchForm("GatedMLP", (), dict(a))
 
 
 class MoE(Kind):
@@ -111,9 +109,8 @@ class MoE(Kind):
     def describe(self, a):
         return f"MoE({a.d}, {a.ffn}, {a.experts} experts, top {a.top_k})"
 
-    def to_torch(self, a):
-        from ..backends.torch_modules import MoE
-        return MoE(**a)
+    def torch_form(self, a):
+        return TorchForm("MoE", (), dict(a))
 
 
 def _numel(shape) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Arg, Kind, expect_float, expect_last_dim, positive
+from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
 
 
 class LayerNorm(Kind):
@@ -18,9 +18,8 @@ class LayerNorm(Kind):
         expect_last_dim(x, a.dim, f"LayerNorm({a.dim})")
         return x
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.LayerNorm(a.dim, eps=a.eps, bias=a.bias)
+    def torch_form(self, a):
+        return TorchForm("nn.LayerNorm", (a.dim,), {"eps": a.eps, "bias": a.bias})
 
 
 class RMSNorm(Kind):
@@ -36,6 +35,5 @@ class RMSNorm(Kind):
         expect_last_dim(x, a.dim, f"RMSNorm({a.dim})")
         return x
 
-    def to_torch(self, a):
-        from torch import nn
-        return nn.RMSNorm(a.dim, eps=a.eps)
+    def torch_form(self, a):
+        return TorchForm("nn.RMSNorm", (a.dim,), {"eps": a.eps})

@@ -1,0 +1,175 @@
+"""IR -> a standalone, readable PyTorch file (`specc compile FILE --emit-torch out.py`): the eject path.
+
+The file needs torch and nothing of specc: it carries the classes of backends/torch_modules.py and one class per
+module of the spec, with straight-line forward code. Parameter names are the IR's paths, so a checkpoint of the
+compiled spec loads into the ejected model unchanged. Generating it needs no torch.
+"""
+
+from __future__ import annotations
+
+import keyword
+from pathlib import Path
+
+from .. import __version__, ir
+from ..analysis import analyse
+from ..kinds import KINDS, Args
+from ..shapes import Sym
+
+
+def _camel(name: str) -> str:
+    out = "".join(part[:1].upper() + part[1:] for part in name.replace("-", "_").split("_") if part)
+    return out if out and out[0].isalpha() else f"M{out}"
+
+
+def _attr(name: str) -> str:
+    """self.<name>, or getattr for names that are Python keywords."""
+    return f'getattr(self, "{name}")' if keyword.iskeyword(name) else f"self.{name}"
+
+
+def _assign(name: str, value: str) -> str:
+    return f'self.add_module("{name}", {value})' if keyword.iskeyword(name) else f"self.{name} = {value}"
+
+
+def _wrap(call: str, width: int = 100) -> str:
+    """Break a long constructor call after its commas, one argument a line."""
+    if len(call) <= width:
+        return call
+    head, args = call.split("(", 1)
+    parts = args[:-1].split(", ")
+    return f"{head}(\n            " + ",\n            ".join(parts) + ",\n        )"
+
+
+def _ident(name: str) -> str:
+    return f"{name}_" if keyword.iskeyword(name) else name
+
+
+class _Emitter:
+    def __init__(self, model: ir.Model):
+        self.model = model
+        self.classes: list[str] = []
+        # The support classes copied from torch_modules.py, and the alias `Model`.
+        self.taken: set[str] = {"PositionalEmbedding", "Attention", "MLP", "GatedMLP", "Experts", "MoE", "Select",
+                                "Softmax", "Model"}
+
+    def class_name(self, base: str) -> str:
+        name, n = _camel(base), 1
+        while name in self.taken:
+            n += 1
+            name = f"{_camel(base)}{n}"
+        self.taken.add(name)
+        return name
+
+    def module(self, module: ir.Module, cls: str, root: bool = False) -> None:
+        init, forward = [], []
+        for child in module.children:
+            if isinstance(child, ir.Layer):
+                form = KINDS[child.kind].torch_form(Args(child.args))
+                init.append(_assign(child.name, _wrap(form.source())))
+            elif child.is_repeat:
+                body = self.class_name(f"{child.name}_block")
+                self.module(child, body)
+                if child.shared:
+                    init.append(_assign(child.name, f"{body}()") + f"  # one block, applied {child.count} times")
+                else:
+                    init.append(_assign(child.name, f"nn.ModuleList([{body}() for _ in range({child.count})])"))
+            else:
+                sub = self.class_name(child.label)
+                self.module(child, sub)
+                init.append(_assign(child.name, f"{sub}()"))
+        kinds = {c.name: c for c in module.children}
+        values = {name: _ident(name) for name in module.inputs}
+
+        def val(v):
+            return values[v] if isinstance(v, str) else repr(v)
+
+        symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+        for op in module.ops:
+            out = f"h{op.out[1:]}" if op.out.startswith("%") else _ident(op.out)
+            values[op.out] = out
+            if op.op != "call":
+                forward.append(f"{out} = {val(op.args[0])} {symbols[op.op]} {val(op.args[1])}")
+                continue
+            child, x = kinds[op.target], val(op.args[0])
+            if isinstance(child, ir.Module) and child.is_repeat and child.shared:
+                forward.append(f"{out} = {x}")
+                forward.append(f"for _ in range({child.count}):")
+                forward.append(f"    {out} = {_attr(child.name)}({out})")
+            elif isinstance(child, ir.Module) and child.is_repeat:
+                forward.append(f"{out} = {x}")
+                forward.append(f"for block in {_attr(child.name)}:")
+                forward.append(f"    {out} = block({out})")
+            else:
+                forward.append(f"{out} = {_attr(child.name)}({x})")
+        outputs = ", ".join(values[o] for o in module.outputs)
+        params = ", ".join(_ident(n) for n in module.inputs)
+        if root:
+            params, defaults = self._root_inputs()
+            forward = defaults + forward
+            init += ["init_gpt2_(self)"] + self._ties()
+        what = f"one block of a repeat: {module.body}" if module.is_repeat else f"block {module.label}"
+        doc = f'    """{what}."""\n' if not root else self._root_doc()
+        lines = [f"class {cls}(nn.Module):", doc, "    def __init__(self):", "        super().__init__()"]
+        lines += [f"        {line}" for line in init]
+        lines += ["", f"    def forward(self, {params}):"]
+        lines += [f"        {line}" for line in forward]
+        lines.append(f"        return {outputs}")
+        self.classes.append("\n".join(lines))
+
+    def _root_inputs(self):
+        names, defaults = [], []
+        given = [i for i in self.model.inputs if i.default is None]
+        for inp in self.model.inputs:
+            if inp.default is None:
+                names.append(_ident(inp.name))
+                continue
+            names.append(f"{_ident(inp.name)}=None")
+            dims = []
+            for d in inp.type.shape:
+                if isinstance(d, Sym):
+                    src = next((g, k) for g in given for k, e in enumerate(g.type.shape)
+                               if isinstance(e, Sym) and e.name == d.name)
+                    dims.append(f"{_ident(src[0].name)}.shape[{src[1]}]")
+                else:
+                    dims.append(str(d))
+            ref = _ident(given[0].name)
+            dtype = "torch.long" if inp.type.dtype == "int" else f"{ref}.dtype"
+            defaults += [f"if {_ident(inp.name)} is None:  # an optional input: filled with its default",
+                         f"    {_ident(inp.name)} = torch.full(({', '.join(dims)},), {inp.default!r}, "
+                         f"dtype={dtype}, device={ref}.device)"]
+        return ", ".join(names), defaults
+
+    def _ties(self):
+        lines = []
+        for path, layer in ir.layers_with_paths(self.model.root):
+            for p in layer.params:
+                if p.tied_to is not None:
+                    *inner, leaf = p.name.split(".")
+                    owner = ".".join([path] + inner)
+                    lines.append(f'self.get_submodule("{owner}").{leaf} = self.get_parameter("{p.tied_to}")'
+                                 "  # tied: one tensor")
+        return lines
+
+    def _root_doc(self) -> str:
+        m, a = self.model, analyse(self.model)
+        hyper = ", ".join(f"{k}={v!r}" for k, v in m.hyperparameters.items())
+        return (f'    """{m.name}: {a.total:,} parameters ({m.path or "spec"}'
+                f'{", preset " + m.preset if m.preset else ""}).\n\n    Hyperparameters: {hyper}\n    """\n')
+
+
+def emit_torch(model: ir.Model) -> str:
+    """The standalone PyTorch source of a model."""
+    emitter = _Emitter(model)
+    root = emitter.class_name(model.name)
+    emitter.module(model.root, root, root=True)
+    support = Path(__file__).with_name("torch_modules.py").read_text(encoding="utf-8")
+    support = support[support.index('"""', 3) + 3:].lstrip()  # drop the module docstring
+    support = support[: support.index("def build_form")].rstrip() + "\n\n\n" + \
+        support[support.index("def init_gpt2_"):]
+    header = (f'"""{model.name}, generated by specc {__version__} from {model.path or "a spec"}.\n\n'
+              f"Standalone PyTorch: no import of specc. Parameter names are the spec's parameter paths, so\n"
+              f"specc checkpoints load here unchanged. Build it with `{root}()` (alias `Model`).\n"
+              '"""\n\n')
+    main = (f"\n\nModel = {root}\n"
+            f'\n\nif __name__ == "__main__":\n    model = {root}()\n'
+            f'    print(f"{root}: {{sum(p.numel() for p in model.parameters()):,}} parameters")\n')
+    return header + support.rstrip() + "\n\n\n" + "\n\n\n".join(emitter.classes) + main
