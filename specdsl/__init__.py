@@ -50,8 +50,8 @@ def loads(text: str, preset: str | None = None, overrides: dict | None = None, n
     return Compiled(_loads_model(text, preset, overrides, name))
 
 
-__all__ = ["load", "loads", "to_torch", "load_weights", "emit_torch", "Compiled", "SpecError", "Span", "Model", "Analysis",
-           "__version__"]
+__all__ = ["load", "loads", "to_torch", "load_weights", "emit_torch", "Compiled", "SpecError", "Span", "Model",
+           "Analysis", "__version__"]
 
 
 def to_torch(compiled, device="cpu", dtype=None):

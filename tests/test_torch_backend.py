@@ -54,7 +54,7 @@ def test_shared_repeat_is_one_module_applied_n_times_with_summed_gradients():
     unshared = specdsl.to_torch(specdsl.loads(text, overrides=over, name=str(SPECS / "albert.spec"))).eval()
     state = shared.state_dict()
     unrolled = {}
-    for name, tensor in unshared.state_dict().items():
+    for name in unshared.state_dict():
         source = name.replace(f"layer.{name.split('.')[1]}.", "layer.", 1) if name.startswith("layer.") else name
         unrolled[name] = state[source]
     unshared.load_state_dict(unrolled)
