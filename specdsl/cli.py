@@ -71,6 +71,76 @@ def compile_(
         report(compiled.analysis, file)
 
 
+@app.command("train")
+def train_cmd(
+    spec: str = typer.Argument(..., help="The spec file."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="A named preset of the spec."),
+    sets: list[str] = typer.Option([], "--set", "-s", help="Override a hyperparameter: --set dropout=0.2."),
+    data: Optional[str] = typer.Option(None, "--data", help="A text file; without it, the built-in corpus."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="char (default) or byte."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Sequences per step (global, all processes)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed: a CPU run is deterministic."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/<model>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes, through torchrun (DDP; gloo on CPU)."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Shard parameters with FSDP2 (with --nproc)."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between evaluations."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Evaluations without improvement to stop."),
+    accum: Optional[int] = typer.Option(None, "--accum", help="Gradient accumulation micro-batches."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 or bf16 (autocast)."),
+) -> None:
+    """Train a spec: checkpoints, evaluation on held-out data, a loss plot and a summary."""
+    if nproc > 1:
+        import os
+        import subprocess
+        argv = [a for a in sys.argv[1:]]
+        i = argv.index("--nproc")
+        del argv[i:i + 2]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "specdsl.cli"] + argv
+        raise typer.Exit(subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+    flags = dict(data=data, tokenizer=tokenizer, steps=steps, batch=batch, lr=lr, seed=seed, out=out,
+                 eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, dtype=dtype,
+                 fsdp=fsdp or None)
+    try:
+        from .train.loop import train
+        train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume)
+    except SpecError as e:
+        _fail(e)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
+
+
+@app.command("sample")
+def sample_cmd(
+    run_dir: str = typer.Argument(..., help="A run directory of `specc train`."),
+    prompt: str = typer.Option("\n", "--prompt", help="Text to continue."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Tokens to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", help="0 is greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k most likely tokens."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Generate text from a trained run with PyTorch, streaming tokens as they come."""
+    try:
+        from .train.sample import generate, load_run
+        module, tokenizer, ctx = load_run(run_dir)
+        ids = tokenizer.encode(prompt)
+    except SpecError as e:
+        _fail(e)
+    except ValueError as e:
+        print(f"error: the prompt has {e}", file=sys.stderr)
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
+    sys.stdout.write(prompt)
+    for token in generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed):
+        sys.stdout.write(tokenizer.decode([token]))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
 def run() -> None:
     """Entry point: never a traceback for bad input; an internal error is reported as one line."""
     try:

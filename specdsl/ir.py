@@ -94,6 +94,7 @@ class Model:
     path: str = ""
     source: str = field(default="", repr=False)
     preset: str | None = None
+    train: dict[str, Any] = field(default_factory=dict, hash=False)  # the spec's `train { ... }` settings
 
     def parameters(self) -> Iterator[tuple[str, Param, int]]:
         """Every parameter tensor as (full path, Param, multiplicity), repeats not unrolled: the path of a repeated

@@ -177,6 +177,14 @@ class Preset:
 
 
 @dataclass(frozen=True)
+class TrainSection:
+    """`train { steps = 2000, lr = 1e-3 }`: training settings that travel with the model."""
+
+    assignments: tuple[tuple[str, Expr, Span], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class BlockParam:
     name: str
     type: str | None
@@ -208,3 +216,4 @@ class SpecFile:
     asserts: tuple[Assert, ...]
     blocks: tuple[BlockDef, ...]
     models: tuple[ModelDef, ...]
+    train: tuple[TrainSection, ...] = ()

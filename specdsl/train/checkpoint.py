@@ -1,0 +1,156 @@
+"""Checkpoints that are always complete on disk, and load without pickle.
+
+A checkpoint is a folder (`last/`, `best/`):
+    model.safetensors       the weights (a tied tensor once, under its first name)
+    optimizer.safetensors   the optimizer's tensors ("state.<index>.<name>")
+    optimizer.json          the rest of the optimizer's state (param groups)
+    rng.safetensors         torch's CPU (and CUDA) generator states and the batch generator's state
+    trainer.json            step, best validation loss, settings, tokenizer, spec source and hash, Python's RNG
+It is written into a temporary folder beside the target, every file fsynced, then swapped in by renames: the old
+folder is renamed aside, the new one renamed into place, the old one deleted. A crash at any point leaves either
+the new or the old checkpoint whole; `resolve` finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINER_FILE = "trainer.json"  # written last: a folder with it is complete
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_json(path: Path, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _slow_for_tests() -> None:
+    # Lets the crash test kill a process in the middle of writing a checkpoint.
+    delay = float(os.environ.get("SPECC_TEST_CHECKPOINT_DELAY", "0") or 0)
+    if delay:
+        import time
+        time.sleep(delay)
+
+
+def save(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+         trainer_state: dict) -> None:
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    weights = {name: p.detach().contiguous().cpu() for name, p in module.named_parameters()}
+    save_file(weights, str(tmp / "model.safetensors"))
+    _fsync_file(tmp / "model.safetensors")
+    _slow_for_tests()
+    opt = optimizer.state_dict()
+    tensors, plain = {}, {}
+    for index, entries in opt["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain[f"{index}.{key}"] = value
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    _fsync_file(tmp / "optimizer.safetensors")
+    _write_json(tmp / "optimizer.json", {"param_groups": opt["param_groups"], "plain": plain})
+    rng = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda.{i}"] = state
+    save_file(rng, str(tmp / "rng.safetensors"))
+    _fsync_file(tmp / "rng.safetensors")
+    _write_json(tmp / TRAINER_FILE, {**trainer_state, "python_rng": _python_rng_to_json()})
+    _fsync_dir(tmp)
+    old = folder.parent / f".{folder.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    _fsync_dir(folder.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def resolve(folder: Path) -> Path | None:
+    """The complete checkpoint for `folder`: itself, or the previous one set aside by an interrupted swap."""
+    folder = Path(folder)
+    for candidate in (folder, folder.parent / f".{folder.name}.old"):
+        if (candidate / TRAINER_FILE).is_file():
+            return candidate
+    return None
+
+
+def read_trainer_state(folder: Path) -> dict:
+    return json.loads((Path(folder) / TRAINER_FILE).read_text(encoding="utf-8"))
+
+
+def load_weights_into(module: torch.nn.Module, folder: Path) -> None:
+    state = load_file(str(Path(folder) / "model.safetensors"))
+    params = dict(module.named_parameters())
+    missing, unexpected = set(params) - set(state), set(state) - set(params)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {folder} does not fit the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
+
+
+def load(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         generator: torch.Generator) -> dict:
+    folder = Path(folder)
+    load_weights_into(module, folder)
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in meta["plain"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["batches"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    trainer = read_trainer_state(folder)
+    _python_rng_from_json(trainer.get("python_rng"))
+    return trainer
+
+
+def _python_rng_to_json():
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+def _python_rng_from_json(data) -> None:
+    if data:
+        version, state, gauss = data
+        random.setstate((version, tuple(state), gauss))

@@ -1,0 +1,80 @@
+"""Training settings: torch-free, so the spec's `train { ... }` section is checked by the compiler."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..errors import Span, SpecError, did_you_mean
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch: int = 12
+    lr: float = 1e-3
+    min_lr: float | None = None  # end of the cosine; lr / 10 by default (nanoGPT)
+    warmup: int = 100
+    decay_steps: int | None = None  # the cosine reaches min_lr here; `steps` by default (nanoGPT's lr_decay_iters)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    accum: int = 1  # gradient accumulation: micro-batches per step
+    eval_every: int = 100
+    eval_batches: int = 20
+    patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
+    seed: int = 1337
+    dtype: str = "fp32"  # or "bf16": autocast
+    tokenizer: str = "char"
+    data: str | None = None  # a text file; None: the built-in corpus
+    out: str | None = None  # run directory; runs/<model> by default
+    aux_loss: float = 0.01  # weight of the MoE load-balancing loss
+    fsdp: bool = False
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then cosine decay to min_lr at the last step (nanoGPT's get_lr)."""
+        min_lr = self.lr / 10 if self.min_lr is None else self.min_lr
+        if step < self.warmup:
+            return self.lr * (step + 1) / (self.warmup + 1)
+        decay = self.decay_steps or self.steps
+        if step >= decay:
+            return min_lr
+        progress = (step - self.warmup) / max(1, decay - self.warmup)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.lr - min_lr)
+
+
+# Settings that must not change when a run is resumed: they change what the model or the data is.
+RESUME_INVARIANTS = ("batch", "accum", "seed", "tokenizer", "data", "dtype")
+
+
+def setting_type(name: str):
+    """The Python type of a setting (int, float, str or bool), for checking a spec's train section."""
+    hints = {"int": int, "float": float, "str": str, "bool": bool}
+    annotation = {f.name: f.type for f in fields(TrainConfig)}[name]
+    return hints[str(annotation).split(" ")[0]]
+
+
+def resolve_config(spec_section: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
+    cfg = TrainConfig()
+    known = set(TrainConfig.names())
+    for source in (spec_section, flags):
+        for key, value in source.items():
+            if value is None:
+                continue
+            if key not in known:
+                raise SpecError(f"unknown training setting '{key}'", Span("train", 1, 1),
+                                hint=did_you_mean(key, known))
+            cfg = replace(cfg, **{key: value})
+    if cfg.steps < 1 or cfg.batch < 1 or cfg.accum < 1 or cfg.eval_every < 1:
+        raise SpecError("steps, batch, accum and eval_every must be at least 1", Span("train", 1, 1))
+    if cfg.dtype not in ("fp32", "bf16"):
+        raise SpecError(f"dtype must be fp32 or bf16, got '{cfg.dtype}'", Span("train", 1, 1))
+    return cfg
+
+

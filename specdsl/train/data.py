@@ -1,0 +1,126 @@
+"""Training data: tokenizers, token ids in memory-mapped arrays, seeded batches, and the built-in datasets.
+
+Text is split as nanoGPT does: the first 90% of the tokens train, the last 10% validate. Batches are drawn by a
+seeded torch.Generator whose state is saved with each checkpoint, so a resumed run draws the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TRAIN_FRACTION = 0.9  # nanoGPT's prepare.py
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """`char`: the sorted characters of the data (nanoGPT's shakespeare_char); `byte`: the 256 byte values."""
+
+    kind: str
+    chars: str = ""
+
+    @classmethod
+    def fit(cls, kind: str, text: str) -> Tokenizer:
+        if kind == "byte":
+            return cls("byte")
+        if kind == "char":
+            return cls("char", "".join(sorted(set(text))))
+        raise ValueError(f"unknown tokenizer '{kind}': use char or byte")
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 if self.kind == "byte" else len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        if self.kind == "byte":
+            return list(text.encode("utf-8"))
+        index = {c: i for i, c in enumerate(self.chars)}
+        unknown = sorted({c for c in text if c not in index})
+        if unknown:
+            raise ValueError(f"characters outside the vocabulary: {''.join(unknown)!r}")
+        return [index[c] for c in text]
+
+    def decode(self, ids) -> str:
+        if self.kind == "byte":
+            return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Tokenizer:
+        return cls(data["kind"], data.get("chars", ""))
+
+
+def builtin_text(seed: int = 0, sentences: int = 12000) -> str:
+    """A corpus this program writes itself (no download), on which learning is plain to see: short sentences from
+    a small grammar and sums of one-digit numbers. A model first learns the words, then the grammar, then the sums;
+    samples show each stage."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "the dog", "a bird", "the old man", "my sister", "the king", "a small fox", "the queen"]
+    verbs = ["sees", "likes", "follows", "finds", "watches", "helps", "hears", "meets"]
+    objects = ["the river", "a red ball", "the moon", "an apple", "the garden", "a quiet song", "the castle"]
+    endings = [".", " today.", " at night.", " again."]
+    lines = []
+    for _ in range(sentences):
+        if rng.random() < 0.3:
+            a, b = rng.randrange(10), rng.randrange(10)
+            lines.append(f"{a} plus {b} is {a + b}.")
+        else:
+            lines.append(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(endings)}")
+    return "\n".join(lines) + "\n"
+
+
+class TokenData:
+    """Token ids on disk as uint16 (`train.bin`, `val.bin`), read through numpy memory maps."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.train = np.memmap(self.folder / "train.bin", dtype=np.uint16, mode="r")
+        self.val = np.memmap(self.folder / "val.bin", dtype=np.uint16, mode="r")
+
+    @staticmethod
+    def prepare(text: str, tokenizer: Tokenizer, folder: Path) -> TokenData:
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = np.array(tokenizer.encode(text), dtype=np.uint16)
+        split = int(len(ids) * TRAIN_FRACTION)
+        for name, part in (("train.bin", ids[:split]), ("val.bin", ids[split:])):
+            tmp = folder / (name + ".tmp")
+            part.tofile(tmp)
+            tmp.replace(folder / name)
+        (folder / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))
+        return TokenData(folder)
+
+    def batch(self, split: str, batch: int, ctx: int, generator: torch.Generator, rank: int = 0,
+              world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch` windows of ctx+1 tokens at offsets drawn by `generator`. With several ranks every rank draws the
+        same global batch and keeps its own rows, so the global batch is the single-process one."""
+        data = self.train if split == "train" else self.val
+        if len(data) <= ctx + 1:
+            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than a context of {ctx} + 1")
+        starts = torch.randint(len(data) - ctx - 1, (batch,), generator=generator)
+        starts = starts[rank::world] if world > 1 else starts
+        windows = np.stack([data[s:s + ctx + 1].astype(np.int64) for s in starts.tolist()])
+        t = torch.from_numpy(windows)
+        return t[:, :-1], t[:, 1:]
+
+
+def digits_dataset(image: bool, seed: int = 0):
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download), shuffled with `seed` and split 90/10.
+    `image=True` gives [N, 1, 32, 32] (each pixel repeated 4x4, for LeNet-5's 32x32 input); else [N, 64]."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    if image:
+        x = x.view(-1, 1, 8, 8).repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    x, y = x[order], y[order]
+    split = int(len(x) * TRAIN_FRACTION)
+    return (x[:split], y[:split]), (x[split:], y[split:])

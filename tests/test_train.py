@@ -1,0 +1,151 @@
+"""`specc train`: learning on built-in data, checkpoints that resume exactly and survive SIGKILL, evaluation,
+classifiers on digits, several processes, and `specc sample`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import specdsl
+from conftest import SPECS
+
+torch = pytest.importorskip("torch")
+from specdsl.train.loop import train  # noqa: E402
+
+torch.set_num_threads(1)
+TINY = {"d": 32, "layers": 1, "heads": 2, "ctx": 16}
+QUICK = {"batch": 4, "eval_every": 10, "eval_batches": 2, "warmup": 5}
+
+
+def run(out, steps, resume=False, spec="nanogpt-shakespeare.spec", sets=TINY, **flags):
+    return train(str(SPECS / spec), overrides=dict(sets), flags={**QUICK, "steps": steps, "out": str(out), **flags},
+                 resume=resume, progress=False, console=_quiet())
+
+
+def _quiet():
+    from rich.console import Console
+    return Console(file=open(os.devnull, "w"))
+
+
+def losses(out):
+    return [json.loads(line)["train_loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_learns_on_builtin_data_and_writes_the_run(tmp_path):
+    summary = run(tmp_path / "r", 60, eval_every=20, lr=1e-2)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert all("train_loss" in r for r in rows) and [r["step"] for r in rows if "val_loss" in r] == [20, 40, 60]
+    assert rows[-1]["val_loss"] < rows[0]["train_loss"] - 1.0  # it learns
+    assert summary["best_step"] in (20, 40, 60) and summary["best_val_loss"] == min(r["val_loss"] for r in rows
+                                                                                    if "val_loss" in r)
+    for folder in ("last", "best"):
+        names = {p.name for p in (tmp_path / "r" / folder).iterdir()}
+        assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors",
+                "trainer.json"} <= names
+    trainer = json.loads((tmp_path / "r" / "last" / "trainer.json").read_text())
+    assert trainer["step"] == 60 and trainer["tokenizer"]["kind"] == "char" and len(trainer["spec_hash"]) == 64
+    assert (tmp_path / "r" / "spec.spec").read_text() == (SPECS / "nanogpt-shakespeare.spec").read_text()
+    assert (tmp_path / "r" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_run(tmp_path):
+    run(tmp_path / "a", 15, sets={**TINY, "dropout": 0.1})
+    run(tmp_path / "b", 15, sets={**TINY, "dropout": 0.1})
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    # Dropout on, so the resumed run must also restore torch's generator.
+    sets = {**TINY, "dropout": 0.1}
+    run(tmp_path / "once", 30, sets=sets, decay_steps=30)
+    run(tmp_path / "split", 13, sets=sets, decay_steps=30)
+    run(tmp_path / "split", 30, sets=sets, decay_steps=30, resume=True)
+    assert losses(tmp_path / "split") == losses(tmp_path / "once")
+
+
+def test_resume_refuses_another_spec_or_settings(tmp_path):
+    run(tmp_path / "r", 5)
+    with pytest.raises(specdsl.SpecError, match="batch"):
+        run(tmp_path / "r", 10, resume=True, batch=8)
+    with pytest.raises(specdsl.SpecError, match="different spec"):
+        run(tmp_path / "r", 10, resume=True, spec="gpt2.spec", sets={**TINY, "vocab": 40})
+    with pytest.raises(specdsl.SpecError, match="already holds a run"):
+        run(tmp_path / "r", 10)
+
+
+def test_sigkill_while_writing_a_checkpoint_loses_nothing(tmp_path, specc_cmd):
+    out = tmp_path / "r"
+    cmd = specc_cmd + ["train", str(SPECS / "nanogpt-shakespeare.spec"), "--out", str(out), "--steps", "40",
+                       "--eval-every", "10", "--batch", "4"] + [f"--set={k}={v}" for k, v in TINY.items()]
+    env = {**os.environ, "SPECC_TEST_CHECKPOINT_DELAY": "1.5", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Wait for a complete checkpoint, then for the next one to be half-written, and kill the process there.
+    while time.time() < deadline and not (out / "last" / "trainer.json").exists():
+        time.sleep(0.05)
+    first = json.loads((out / "last" / "trainer.json").read_text())["step"]
+    while time.time() < deadline and not (out / ".last.tmp" / "model.safetensors").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / ".last.tmp").exists() and not (out / ".last.tmp" / "trainer.json").exists()
+    assert json.loads((out / "last" / "trainer.json").read_text())["step"] == first
+    env.pop("SPECC_TEST_CHECKPOINT_DELAY")
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed {out} at step {first}" in " ".join(done.stdout.split())
+    assert json.loads((out / "last" / "trainer.json").read_text())["step"] == 40
+
+
+def test_early_stopping_and_overfitting_warning(tmp_path):
+    # A big model on a sliver of data overfits; patience stops it and the summary names the best step.
+    import random
+    rng = random.Random(0)
+    data = tmp_path / "noise.txt"  # random letters: nothing to generalise, everything to memorise
+    data.write_text("".join(rng.choice("abcdefghij ") for _ in range(600)))
+    summary = run(tmp_path / "r", 400, sets={"d": 64, "layers": 2, "heads": 2, "ctx": 16}, data=str(data),
+                  lr=3e-3, eval_every=10, patience=3, warmup=1)
+    assert summary["stopped_early"] and summary["steps"] < 400
+    assert summary["overfitting_step"] is not None and summary["best_step"] < summary["steps"]
+
+
+def test_classifier_learns_digits(tmp_path):
+    summary = run(tmp_path / "r", 300, spec="mlp.spec", sets={}, batch=32, lr=3e-3, eval_every=100)
+    trainer = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert trainer["val_accuracy"] > 0.85 and summary["best_val_loss"] < 0.6
+
+
+def test_sample_greedy_is_deterministic_and_checks_the_prompt(tmp_path, specc_cmd):
+    run(tmp_path / "r", 20)
+    args = specc_cmd + ["sample", str(tmp_path / "r"), "--prompt", "the ", "--max-new-tokens", "20",
+                        "--temperature", "0"]
+    a = subprocess.run(args, capture_output=True, text=True)
+    b = subprocess.run(args, capture_output=True, text=True)
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("the ") and len(a.stdout) > 20
+    bad = subprocess.run(specc_cmd + ["sample", str(tmp_path / "r"), "--prompt", "Q@Z"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "outside the vocabulary" in bad.stderr and "Traceback" not in bad.stderr
+    missing = subprocess.run(specc_cmd + ["sample", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
+def test_two_processes_match_one(tmp_path, specc_cmd):
+    common = ["train", str(SPECS / "nanogpt-shakespeare.spec"), "--steps", "8", "--batch", "8", "--eval-every", "8"]
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(specc_cmd + common + sets + ["--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, env=env)
+    two = subprocess.run(specc_cmd + common + sets + ["--out", str(tmp_path / "two"), "--nproc", "2"],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 8
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
