@@ -90,6 +90,8 @@ def train_cmd(
     patience: Optional[int] = typer.Option(None, "--patience", help="Evaluations without improvement to stop."),
     accum: Optional[int] = typer.Option(None, "--accum", help="Gradient accumulation micro-batches."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps."),
+    decay_steps: Optional[int] = typer.Option(None, "--decay-steps",
+                                              help="Step where the cosine ends (default: steps)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 or bf16 (autocast)."),
 ) -> None:
     """Train a spec: checkpoints, evaluation on held-out data, a loss plot and a summary."""
@@ -103,7 +105,8 @@ def train_cmd(
                "-m", "specdsl.cli"] + argv
         raise typer.Exit(subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
     flags = dict(data=data, tokenizer=tokenizer, steps=steps, batch=batch, lr=lr, seed=seed, out=out,
-                 eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, dtype=dtype,
+                 eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, decay_steps=decay_steps,
+                 dtype=dtype,
                  fsdp=fsdp or None)
     try:
         from .train.loop import train

@@ -136,16 +136,20 @@ def test_sample_greedy_is_deterministic_and_checks_the_prompt(tmp_path, specc_cm
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
-def test_two_processes_match_one(tmp_path, specc_cmd):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_processes_match_one(tmp_path, specc_cmd, sharding):
     common = ["train", str(SPECS / "nanogpt-shakespeare.spec"), "--steps", "8", "--batch", "8", "--eval-every", "8"]
     sets = [f"--set={k}={v}" for k, v in TINY.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run(specc_cmd + common + sets + ["--out", str(tmp_path / "one")], capture_output=True,
                          text=True, env=env)
-    two = subprocess.run(specc_cmd + common + sets + ["--out", str(tmp_path / "two"), "--nproc", "2"],
+    two = subprocess.run(specc_cmd + common + sets + ["--out", str(tmp_path / "two"), "--nproc", "2"] + sharding,
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    # the checkpoint holds whole tensors, whatever the sharding: it loads into one process
+    specdsl.train.checkpoint.load_weights_into(specdsl.to_torch(specdsl.load(
+        SPECS / "nanogpt-shakespeare.spec", overrides={**TINY, "vocab": 37})), tmp_path / "two" / "last")

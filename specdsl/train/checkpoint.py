@@ -53,18 +53,40 @@ def _slow_for_tests() -> None:
         time.sleep(delay)
 
 
+def _sharded(module: torch.nn.Module) -> bool:
+    return any(type(p).__name__ == "DTensor" for p in module.parameters())
+
+
+def capture(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(weights by name, optimizer state in torch's index-keyed form). With FSDP every rank must call this: the
+    full tensors are gathered from the shards."""
+    names = [name for name, _ in module.named_parameters()]
+    if not _sharded(module):
+        return ({n: p.detach().contiguous().cpu() for n, p in module.named_parameters()}, optimizer.state_dict())
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    model_sd, optim_sd = get_state_dict(module, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not model_sd:  # with cpu_offload only rank 0 receives the full tensors
+        return {}, {"state": {}, "param_groups": []}
+    weights = {n: model_sd[n] for n in names}  # one name per tensor, as named_parameters lists them
+    order = [fqn for group in optim_sd["param_groups"] for fqn in group["params"]]
+    index = {fqn: i for i, fqn in enumerate(order)}
+    state = {index[fqn]: entries for fqn, entries in optim_sd["state"].items()}
+    groups = [{**g, "params": [index[f] for f in g["params"]]} for g in optim_sd["param_groups"]]
+    return weights, {"state": state, "param_groups": groups}
+
+
 def save(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-         trainer_state: dict) -> None:
+         trainer_state: dict, captured: tuple[dict, dict] | None = None) -> None:
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    weights = {name: p.detach().contiguous().cpu() for name, p in module.named_parameters()}
+    weights, opt = captured or capture(module, optimizer)
     save_file(weights, str(tmp / "model.safetensors"))
     _fsync_file(tmp / "model.safetensors")
     _slow_for_tests()
-    opt = optimizer.state_dict()
     tensors, plain = {}, {}
     for index, entries in opt["state"].items():
         for key, value in entries.items():
@@ -109,6 +131,10 @@ def read_trainer_state(folder: Path) -> dict:
 
 def load_weights_into(module: torch.nn.Module, folder: Path) -> None:
     state = load_file(str(Path(folder) / "model.safetensors"))
+    if _sharded(module):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
     params = dict(module.named_parameters())
     missing, unexpected = set(params) - set(state), set(state) - set(params)
     if missing or unexpected:
@@ -132,7 +158,17 @@ def load(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer
     for key, value in meta["plain"].items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    full = {"state": state, "param_groups": meta["param_groups"]}
+    if _sharded(module):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        # torch numbers parameters through the param groups in order; name them the same way.
+        name_of = {id(p): n for n, p in module.named_parameters()}
+        fqn = dict(enumerate(name_of[id(p)] for g in optimizer.param_groups for p in g["params"]))
+        full = {"state": {fqn[i]: v for i, v in state.items()},
+                "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in full["param_groups"]]}
+        set_optimizer_state_dict(module, optimizer, full, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(full)
     rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
     generator.set_state(rng["batches"])

@@ -263,11 +263,13 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
                 say(f"step {step + 1:>6}  train {trn['loss']:.4f}  val {val['loss']:.4f}"
                     + (f"  acc {val['accuracy']:.3f}" if "accuracy" in val else "")
                     + ("  [green]best[/green]" if improved else ""))
+                captured = checkpoint.capture(module, optimizer)  # every rank: FSDP gathers the shards
                 if rank == 0:
                     _write_metrics(metrics_file, record)
                     if improved:
-                        checkpoint.save(out / "best", module, optimizer, generator, trainer_state(step + 1))
-                    checkpoint.save(out / "last", module, optimizer, generator, trainer_state(step + 1))
+                        checkpoint.save(out / "best", module, optimizer, generator, trainer_state(step + 1),
+                                        captured)
+                    checkpoint.save(out / "last", module, optimizer, generator, trainer_state(step + 1), captured)
                 saved_step = step + 1
                 _barrier(world)
                 if config.patience and best_step is not None and \
