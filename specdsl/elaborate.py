@@ -285,6 +285,8 @@ class Elaborator:
 
     def eval(self, expr, scope: _Scope, builder: _Builder | None):
         if isinstance(expr, (S.Number, S.String, S.Bool)):
+            if isinstance(expr, S.Number) and isinstance(expr.value, int) and expr.value.bit_length() > MAX_INT_BITS:
+                self.fail("number is too large (more than 2**256)", expr.span)
             return expr.value
         if isinstance(expr, S.Name):
             if expr.id in scope.values:
@@ -324,7 +326,8 @@ class Elaborator:
 
     def _want_bool(self, v, expr):
         if not isinstance(v, (bool, _Poison)):
-            self.fail(f"expected true or false, got {_type_name(v)} {v!r}", expr.span)
+            shown = "" if isinstance(v, TVal) else f" {v!r}"  # a tensor's type says it all; its repr is internals
+            self.fail(f"expected true or false, got {_type_name(v)}{shown}", expr.span)
 
     def _unary(self, expr: S.UnaryOp, v):
         if isinstance(v, _Poison):
@@ -360,8 +363,10 @@ class Elaborator:
             if op in ("/", "//", "%") and b == 0:
                 self.fail(f"division by zero in '{op}'", expr.span)
             if op == "**":
+                # |a| ** b has at least (bits(a) - 1) * b + 1 bits: refuse only what is surely over the limit
+                # (2 ** 200 is fine); what passes is at most 2 * MAX_INT_BITS bits, cheap, and checked below.
                 if isinstance(b, int) and isinstance(a, int) and b > 0 and \
-                        b * max(1, abs(a).bit_length()) > MAX_INT_BITS:
+                        (abs(a).bit_length() - 1) * b >= MAX_INT_BITS:
                     self.fail(f"{a} ** {b} is too large", expr.span)
                 result = a ** b
                 if isinstance(result, complex):
@@ -426,11 +431,15 @@ class Elaborator:
             return POISON
         for a, node in zip(args, expr.args.positional):
             if isinstance(a, bool) or not isinstance(a, (int, float)):
-                self.fail(f"{expr.func}() needs numbers, got {_type_name(a)} {a!r}", node.span)
+                shown = "" if isinstance(a, TVal) else f" {a!r}"
+                self.fail(f"{expr.func}() needs numbers, got {_type_name(a)}{shown}", node.span)
         try:
-            return func(*args)
+            result = func(*args)
         except (ValueError, OverflowError) as e:
             self.fail(f"{expr.func}(): {e}", expr.span)
+        if isinstance(result, int) and result.bit_length() > MAX_INT_BITS:  # int(1e300), like 10 ** 300
+            self.fail("value is too large (more than 2**256)", expr.span)
+        return result
 
     # ---- layers, blocks and repeats ----
     def apply_stage(self, stage, x: TVal, scope: _Scope, builder: _Builder):
@@ -470,7 +479,7 @@ class Elaborator:
         names = [a.name for a in kind.args] + (["tie"] if kind.tie_param else [])
         bound = self._bind_args(kind.name, names, stage.args, stage.span)
         if "tie" in bound and stage.args.positional[len(kind.args):]:
-            self.fail(f"tie is given by name: `tie = layer`", bound["tie"].span)
+            self.fail("tie is given by name: `tie = layer`", bound["tie"].span)
         a = Args()
         tie_target: tuple[ir.Layer, str] | None = None
         frozen = False
@@ -550,6 +559,8 @@ class Elaborator:
         if not isinstance(expr, S.Name):
             self.fail("tie takes the label of a layer, e.g. `tie = wte`", expr.span)
         found = builder.find_label(expr.id)
+        if found is None and _labelled_in_repeat(builder, expr.id):
+            self.fail(f"cannot tie to '{expr.id}': it is inside a repeat, one tensor per iteration", expr.span)
         if found is None:
             self.fail(f"no layer labelled '{expr.id}' to tie to", expr.span,
                       hint=did_you_mean(expr.id, builder.all_labels()))
@@ -662,10 +673,18 @@ class Elaborator:
         inputs: list[ir.Input] = []
         returned = None
         returned_exprs: tuple = ()
+        failed_inputs = 0
         for stmt in self._statements(body, scope):
             try:
                 if isinstance(stmt, S.Input):
-                    inputs.append(self._input(stmt, scope, builder, piped, owner, len(inputs)))
+                    try:
+                        inputs.append(self._input(stmt, scope, builder, piped, owner, len(inputs) + failed_inputs))
+                    except _Abort:
+                        # Declared but broken (already reported): poison the name so that its uses, and the
+                        # "no `input`" check below, don't report follow-on errors.
+                        failed_inputs += 1
+                        scope.values[stmt.name] = POISON
+                        raise
                 elif isinstance(stmt, S.Let):
                     try:
                         scope.values[stmt.name] = self.eval(stmt.value, scope, builder)
@@ -682,7 +701,7 @@ class Elaborator:
             except _Abort:
                 pass
         if isinstance(owner, S.BlockDef):
-            if not inputs:
+            if not inputs and not failed_inputs:
                 self.fail(f"block '{owner.name}' has no `input`", owner.span,
                           hint="a block starts with `input x` and ends with `return ...`")
             if returned is None:
@@ -695,7 +714,7 @@ class Elaborator:
         if returned is None:
             self.fail(f"model '{owner.name}' has no `return`", owner.span,
                       hint="end the model with `return logits`")
-        if not inputs:
+        if not inputs and not failed_inputs:
             self.fail(f"model '{owner.name}' has no `input`", owner.span,
                       hint="declare one, e.g. `input tokens: int[batch, seq <= ctx]`")
         self._model_inputs = inputs
@@ -778,6 +797,17 @@ class Elaborator:
                 dims.append(v)
         return TensorType(t.dtype or "float", tuple(dims))
 
+    def _in_source_order(self) -> list[SpecError]:
+        """The errors as a reader meets them: the command line's (--set, --preset) first, then this file's by line
+        and column (blocks and hyperparameters are checked before the model, wherever they are written), then those
+        of used files in the order found."""
+        def key(e: SpecError):
+            s = e.span
+            if s.file == self.main.path:
+                return (1, s.line, s.col)
+            return (0 if s.file.startswith("--") else 2, 0, 0)
+        return sorted(self.errors, key=key)
+
     # ---- the model ----
     def model(self, preset: str | None, overrides: dict[str, Any]) -> ir.Model:
         spec = self.main
@@ -786,9 +816,8 @@ class Elaborator:
         hyper = self.hyperparameters(preset, overrides)
         if not spec.models:
             where = Span(spec.path, 1, 1)
-            self.record(SpecError("no model in this file", where,
-                                  hint="a spec defines `model NAME { input ...  return ... }`"))
-            raise SpecError.combine(self.errors)
+            raise SpecError.combine(self._in_source_order() + [SpecError(
+                "no model in this file", where, hint="a spec defines `model NAME { input ...  return ... }`")])
         for extra in spec.models[1:]:
             self.record(SpecError(f"a second model '{extra.name}': one model per file", extra.span))
         model_def = spec.models[0]
@@ -799,13 +828,60 @@ class Elaborator:
             outputs = self.elaborate_body(model_def.body, _Scope(dict(hyper)), root, None, model_def)
         except _Abort:
             pass
+        train = self.train_settings(spec, hyper)
         if self.errors:
-            raise SpecError.combine(self.errors)
+            raise SpecError.combine(self._in_source_order())
         inputs = tuple(self._model_inputs)
         module = ir.Module("", model_def.name, tuple(root.children), tuple(root.ops),
                            tuple(i.name for i in inputs), tuple(v.ref for _, v in outputs), model_def.span)
         return ir.Model(model_def.name, module, inputs, tuple((n, v.type) for n, v in outputs),
-                        {k: v for k, v in hyper.items()}, path=spec.path, preset=preset)
+                        {k: v for k, v in hyper.items()}, path=spec.path, preset=preset, train=train)
+
+    def train_settings(self, spec: S.SpecFile, hyper: dict[str, Any]) -> dict[str, Any]:
+        """The `train { ... }` section, each value checked against the setting's type (specdsl/train/config.py)."""
+        from .train.config import TrainConfig, setting_type
+        known = TrainConfig.names()
+        settings: dict[str, Any] = {}
+        for section in spec.train[1:]:
+            self.record(SpecError("a second `train` section: one per file", section.span))
+        for section in spec.train[:1]:
+            for name, expr, span in section.assignments:
+                if name not in known:
+                    self.record(SpecError(f"unknown training setting '{name}'", span,
+                                          hint=did_you_mean(name, known) or f"settings: {', '.join(known)}"))
+                    continue
+                if name in settings:
+                    self.record(SpecError(f"training setting '{name}' is given twice", span))
+                    continue
+                try:
+                    value = self.eval_scalar(expr, _Scope(dict(hyper)))
+                except _Abort:
+                    continue
+                want = setting_type(name)
+                if want is float and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                if type(value) is not want:
+                    self.record(SpecError(f"training setting '{name}' must be {_TYPE_NAMES[want]}, got "
+                                          f"{_type_name(value)} {value!r}", expr.span))
+                    continue
+                settings[name] = value
+        return settings
+
+
+def _labelled_in_repeat(builder: _Builder, label: str) -> bool:
+    """Whether a layer named `label` sits inside a repeat already built in this scope or an enclosing one (its label
+    is not visible from outside, but "no layer labelled" would be a confusing thing to say)."""
+    b = builder
+    while b is not None:
+        stack = [(child, False) for child in b.children]
+        while stack:
+            node, under_repeat = stack.pop()
+            if isinstance(node, ir.Module):
+                stack.extend((c, under_repeat or node.is_repeat) for c in node.children)
+            elif under_repeat and node.name == label:
+                return True
+        b = b.parent
+    return False
 
 
 def _compatible(declared: TensorType, actual: TensorType) -> bool:

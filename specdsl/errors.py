@@ -38,7 +38,7 @@ def source_line(span: Span) -> str | None:
     text = _SOURCES.get(span.file)
     if text is None:
         return None
-    lines = text.splitlines()
+    lines = text.split("\n")  # as the parser counts lines: splitlines() also splits on \r, \f, \u2028...
     if 1 <= span.line <= len(lines):
         return lines[span.line - 1]
     return None

@@ -102,6 +102,8 @@ def _hint_for(token_text: str, expected: set[str], words: list[str] = (), after:
         return "did you mean '<='?"
     if token_text == "=" and "a comparison" in lits:
         return "use '==' to compare"
+    if token_text == "=" and len(words) >= 2 and words[-2] == "->":  # `y = x ->` at a line's end, then `z = ...`
+        return f"'{words[-1]}' was read as a stage of the '->' before it: is that '->' unfinished?"
     if token_text == "=" and ("'{'" in lits or "'('" in lits):
         return None
     if token_text == "->" and "a number" in lits:
@@ -134,11 +136,13 @@ def _words_before(text: str, end: int, n: int = 6) -> list[re.Match]:
     return found[-n:]
 
 
-def _misplaced_keyword(text: str, file: str, words: list[re.Match], lits: set[str]):
+def _misplaced_keyword(text: str, file: str, words: list[re.Match], lits: set[str], token: str, span: Span):
     """Keywords are only reserved where the grammar expects them, so a misplaced one is read as a name and the parser
     stumbles a token or two later (after `x = x ->` at the end of a line, `return x` parses as the stage `return`
     and the error lands on the next line). When the parser wants the '=' of a `NAME = ...` statement, look back for
     such a keyword and point at it instead. Returns (message, span, hint) or None."""
+    if token in _TOP_LEVEL_WORDS and "'}'" in lits and "'return'" in lits:  # read as the keyword, in a body
+        return f"'{token}' is not allowed inside a model or block", span, "declare it at the top level of the file"
     if lits != {"'='"} or not words:
         return None
     kw = words[-1]
@@ -322,6 +326,10 @@ class _ToAst(Transformer):
         name = _unquote(str(tok)) if tok.type == "STRING" else str(tok)
         return S.Preset(name, tuple(a for a in assigns if a is not None), self._t(tok))
 
+    def train_decl(self, children):
+        keyword, *assigns = children
+        return S.TrainSection(tuple(a for a in assigns if a is not None), self._t(keyword))
+
     def block_param(self, children):
         tok, typ, default = children
         return S.BlockParam(str(tok), str(typ) if typ is not None else None, default, self._t(tok))
@@ -454,7 +462,7 @@ def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
                 span, got = _span(file, tok.line, tok.column - 1, tok.column + 1), "'->'"
         expected = set(e.expected or ())
         words = _words_before(text, start)
-        misplaced = _misplaced_keyword(text, file, words, {_terminal_text(t) for t in expected})
+        misplaced = _misplaced_keyword(text, file, words, {_terminal_text(t) for t in expected}, got.strip("'"), span)
         if misplaced is not None:
             raise SpecError(misplaced[0], misplaced[1], hint=misplaced[2]) from None
         hint = _hint_for(got.strip("'"), expected, [m.group() for m in words], text[end:])
@@ -488,6 +496,7 @@ def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
         asserts=tuple(i for i in items if isinstance(i, S.Assert)),
         blocks=tuple(i for i in items if isinstance(i, S.BlockDef)),
         models=tuple(i for i in items if isinstance(i, S.ModelDef)),
+        train=tuple(i for i in items if isinstance(i, S.TrainSection)),
     )
     if len(_CACHE) > 256:
         _CACHE.clear()

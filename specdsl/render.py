@@ -11,15 +11,27 @@ from rich.text import Text
 from .analysis import FLOPS_CONVENTION, PARAMS_CONVENTION, Analysis, ModuleStats
 
 
-def human(n: float, unit: str = "") -> str:
-    """124439808 -> '124.4M'."""
+def human(n: int | float, unit: str = "") -> str:
+    """124439808 -> '124.4M'; beyond quadrillions, scientific notation (exact ints never overflow a float)."""
+    if abs(n) >= 10**15:
+        return f"{_sci(n)}{unit}"
     for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= size:
             return f"{n / size:.1f}{suffix}{unit}"
     return f"{n:g}{unit}"
 
 
-def human_bytes(n: float) -> str:
+def _sci(n: int | float) -> str:
+    """Scientific notation for any int, however large (float(n) overflows past 1e308)."""
+    n = int(n)
+    digits = str(abs(n))
+    sign = "-" if n < 0 else ""
+    return f"{sign}{digits[0]}.{digits[1:3].ljust(2, '0')}e+{len(digits) - 1}"
+
+
+def human_bytes(n: int | float) -> str:
+    if n >= 2**50:
+        return f"{_sci(n)} B"
     for size, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= size:
             return f"{n / size:.1f} {suffix}"
@@ -59,7 +71,7 @@ def report(a: Analysis, source: str, console: Console | None = None) -> None:
                               f"embedding {a.embedding:,}  non-embedding {a.non_embedding:,}")
     if a.active != a.total:
         summary.add_row("", f"active per token {a.active:,} ({human(a.active)}, "
-                            f"{100 * a.active / a.total:.1f}% of total)")
+                            f"{100 * (a.active * 1000 // a.total) / 1000:.1f}% of total)")
     summary.add_row("", f"[dim]{PARAMS_CONVENTION}[/dim]")
     ctx = f" at context {a.context:,}" if a.context else ""
     summary.add_row(f"FLOPs/{a.unit}", f"forward {human(a.forward_flops)}  train {human(a.train_flops)}{ctx}")
@@ -76,6 +88,6 @@ def report(a: Analysis, source: str, console: Console | None = None) -> None:
         summary.add_row("", f"KV cache per {a.unit} bf16 {human_bytes(kv['bf16'])}{per_seq}")
     s = a.sizing()
     summary.add_row("sizing", f"compute-optimal {human(s['compute_optimal_tokens'])} tokens (20 per parameter), "
-                              f"training compute {s['training_flops']:.2e} FLOPs (6 N D)")
+                              f"training compute {_sci(s['training_flops'])} FLOPs (6 N D)")
     console.print()
     console.print(summary)
