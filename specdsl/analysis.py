@@ -86,7 +86,7 @@ def _layer_stats(layer: ir.Layer, path: str) -> ModuleStats:
 def _module_stats(module: ir.Module, path: str) -> ModuleStats:
     prefix = f"{path}." if path else ""
     if module.is_repeat and not module.shared:
-        prefix += "{i}."
+        prefix += ir.repeat_index(prefix) + "."
     children = [
         _layer_stats(c, prefix + c.name) if isinstance(c, ir.Layer) else _module_stats(c, prefix + c.name)
         for c in module.children

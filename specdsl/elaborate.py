@@ -25,7 +25,9 @@ MAX_BLOCK_DEPTH = 32
 MAX_INT_BITS = 256  # hyperparameter arithmetic beyond 2**256 is a mistake, not a model
 _TYPES = {"int": int, "float": float, "bool": bool, "string": str}
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "string"}
-UNIVERSAL_ARGS = ("frozen",)  # accepted by every layer: `frozen = true` makes its parameters non-trainable
+UNIVERSAL_ARGS = ("frozen",)
+RESERVED = frozenset(("true", "false", "and", "or", "not", "if", "else", "repeat", "shared", "input", "return",
+                      "assert", "use", "param", "preset", "block", "model", "train"))  # accepted by every layer: `frozen = true` makes its parameters non-trainable
 
 
 class _Poison:
@@ -217,9 +219,19 @@ class Elaborator:
                                       or f"hyperparameters: {', '.join(declared) or 'none'}"))
                 continue
             assigned[name] = (value, False)
+        first_preset: dict[str, S.Preset] = {}
+        for p in spec.presets:
+            if p.name in first_preset:
+                self.record(SpecError(f"preset '{p.name}' is defined twice (first at {first_preset[p.name].span})",
+                                      p.span))
+            first_preset.setdefault(p.name, p)
         seen: dict[str, S.ParamDecl] = {}
         scope = _Scope({})
         for decl in spec.params:
+            if decl.name in RESERVED:
+                self.record(SpecError(f"'{decl.name}' is a keyword of the language, not a hyperparameter name",
+                                      decl.span, hint=f"call it {decl.name}_ or another name"))
+                continue
             if decl.name in seen:
                 self.record(SpecError(f"hyperparameter '{decl.name}' is declared twice (first at "
                                       f"{seen[decl.name].span})", decl.span))
@@ -560,7 +572,8 @@ class Elaborator:
             self.fail("tie takes the label of a layer, e.g. `tie = wte`", expr.span)
         found = builder.find_label(expr.id)
         if found is None and _labelled_in_repeat(builder, expr.id):
-            self.fail(f"cannot tie to '{expr.id}': it is inside a repeat, one tensor per iteration", expr.span)
+            self.fail(f"cannot tie to '{expr.id}': it is inside a repeat, whose layers are not visible outside it",
+                      expr.span)
         if found is None:
             self.fail(f"no layer labelled '{expr.id}' to tie to", expr.span,
                       hint=did_you_mean(expr.id, builder.all_labels()))
@@ -674,8 +687,12 @@ class Elaborator:
         returned = None
         returned_exprs: tuple = ()
         failed_inputs = 0
+        hyperparameters = set(scope.values)  # the model's hyperparameters, or the block's parameters
         for stmt in self._statements(body, scope):
             try:
+                if returned is not None and not isinstance(stmt, S.Return):
+                    self.fail("a statement after `return`: it would never count", stmt.span,
+                              hint="move it before the return")
                 if isinstance(stmt, S.Input):
                     try:
                         inputs.append(self._input(stmt, scope, builder, piped, owner, len(inputs) + failed_inputs))
@@ -686,6 +703,10 @@ class Elaborator:
                         scope.values[stmt.name] = POISON
                         raise
                 elif isinstance(stmt, S.Let):
+                    if stmt.name in hyperparameters:
+                        scope.values[stmt.name] = POISON  # reported once; its uses stay quiet
+                        self.fail(f"'{stmt.name}' is a hyperparameter: a value needs another name", stmt.span,
+                                  hint="hyperparameters change with --set or a preset, never inside the model")
                     try:
                         scope.values[stmt.name] = self.eval(stmt.value, scope, builder)
                     except _Abort:
@@ -885,7 +906,7 @@ def _labelled_in_repeat(builder: _Builder, label: str) -> bool:
 
 
 def _compatible(declared: TensorType, actual: TensorType) -> bool:
-    if declared.rank != actual.rank:
+    if declared.rank != actual.rank or declared.dtype != actual.dtype:
         return False
     return all(not isinstance(d, int) or d == a for d, a in zip(declared.shape, actual.shape))
 

@@ -98,13 +98,19 @@ class Model:
 
     def parameters(self) -> Iterator[tuple[str, Param, int]]:
         """Every parameter tensor as (full path, Param, multiplicity), repeats not unrolled: the path of a repeated
-        one holds `{i}` for the iteration index, and multiplicity says how many tensors it stands for."""
+        one holds `{i}` for the iteration index ({j} in a nested repeat), and multiplicity says how many tensors it stands
+        for."""
         yield from _walk_params(self.root, "", 1)
+
+
+def repeat_index(prefix: str) -> str:
+    """The placeholder for a repeat's iteration in a path: {i}, then {j} inside it, then {k}..."""
+    return "{" + "ijklmnpq"[min(prefix.count("{"), 7)] + "}"
 
 
 def _walk_params(module: Module, prefix: str, mult: int):
     if module.is_repeat and not module.shared:
-        prefix, mult = prefix + "{i}.", mult * module.count
+        prefix, mult = prefix + repeat_index(prefix) + ".", mult * module.count
     for child in module.children:
         if isinstance(child, Layer):
             for p in child.params:

@@ -85,7 +85,7 @@ def report(a: Analysis, source: str, console: Console | None = None) -> None:
     if kv["bf16"]:
         seq = m.get("kv_cache_per_sequence")
         per_seq = f"  ({human_bytes(seq['bf16'])} per sequence of {seq['context']:,})" if seq else ""
-        summary.add_row("", f"KV cache per {a.unit} bf16 {human_bytes(kv['bf16'])}{per_seq}")
+        summary.add_row("", f"KV cache per token bf16 {human_bytes(kv['bf16'])}{per_seq}")
     s = a.sizing()
     summary.add_row("sizing", f"compute-optimal {human(s['compute_optimal_tokens'])} tokens (20 per parameter), "
                               f"training compute {_sci(s['training_flops'])} FLOPs (6 N D)")

@@ -125,8 +125,7 @@ SYNTAX = [
     case("block-without-parentheses", "block b {\n    input x\n    return x\n}\n" + PLAIN,
          1, 9, ("unexpected '{'", "'('")),
     case("model-without-name", "model {\n}\n", 1, 7, ("unexpected '{'", "a name")),
-    case("label-on-first-stage-of-repeat", model("y = x -> repeat 2 { a: Linear(d, d) }"),
-         7, 26, "unexpected ':'"),
+    case("empty-repeat-body", model("y = x -> repeat 2 { }"), 7, 25, "unexpected '}'"),
     case("non-ascii-name", "param d = 64\nparam é = 2\n" + PLAIN, 2, 7, "unexpected character 'é'"),
     case("number-with-5000-digits", "param d = " + "9" * 5000 + "\n" + PLAIN, 1, 11, ("number", "too large")),
     case("float-literal-overflows", "param d = 1e999\n" + PLAIN, 1, 11, "number 1e999 is too large"),
@@ -204,6 +203,15 @@ DUPLICATES = [
     case("second-return", model("return x"), 8, 5, "a second return"),
     case("block-named-like-a-layer", PLAIN + "block Linear(d: int) {\n    input x\n    return x\n}\n",
          5, 7, "block 'Linear' has the name of a built-in layer"),
+    case("duplicate-preset", top("param d = 64", "preset a { d = 1 }", "preset a { d = 2 }"),
+         3, 8, ("preset 'a' is defined twice", f"{FILE}:2:8")),
+    case("keyword-as-hyperparameter", top("param true = 1"), 1, 7, "'true' is a keyword", hint="true_"),
+    case("statement-after-return", PLAIN.replace("    return x\n", "    return x\n    y = x\n"), 4, 5,
+         "a statement after `return`", hint="before the return"),
+    case("value-named-like-a-hyperparameter", model("d = x -> Linear(d, d)"), 7, 5, "'d' is a hyperparameter"),
+    case("block-input-of-another-dtype",
+         model("y = x -> b(d)", after="\nblock b(d: int) {\n    input x: int[batch, seq, d]\n    return x\n}\n"),
+         12, 11, "block 'b' expects input int[batch, seq, 64] but got float"),
 ]
 
 ASSERTS = [
