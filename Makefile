@@ -19,17 +19,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# The main job: size some zoo models, then train nanoGPT's Shakespeare model on the built-in corpus and sample it.
 demo: setup
-	$(BIN)/specc compile specs/gpt2.spec
 	$(BIN)/specc compile specs/mixtral.spec
-	$(BIN)/specc compile specs/albert.spec
 	$(BIN)/specc compile specs/gpt4-moe.spec --json | $(BIN)/python -c "import json,sys; p=json.load(sys.stdin)['params']; print(f\"gpt4-moe: {p['total']:,} parameters, {p['active']:,} active per token\")"
+	rm -rf runs/demo
+	$(BIN)/specc train specs/nanogpt-shakespeare.spec --steps 600 --eval-every 100 --out runs/demo
+	$(BIN)/specc sample runs/demo --prompt "the king " --max-new-tokens 120 --temperature 0
 
 test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python bench/compile_speed.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/shakespeare.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info runs

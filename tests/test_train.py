@@ -153,3 +153,23 @@ def test_two_processes_match_one(tmp_path, specc_cmd, sharding):
     # the checkpoint holds whole tensors, whatever the sharding: it loads into one process
     specdsl.train.checkpoint.load_weights_into(specdsl.to_torch(specdsl.load(
         SPECS / "nanogpt-shakespeare.spec", overrides={**TINY, "vocab": 37})), tmp_path / "two" / "last")
+
+
+def test_lenet_trains_on_32x32_digits_and_bf16_and_accumulation_run(tmp_path):
+    lenet = run(tmp_path / "lenet", 30, spec="lenet5.spec", sets={}, batch=16, lr=3e-3, eval_every=30)
+    assert lenet["best_val_loss"] < 2.3  # below chance (ln 10 = 2.30)
+    bf16 = run(tmp_path / "bf16", 10, dtype="bf16", accum=2)
+    assert bf16["steps"] == 10 and bf16["best_val_loss"] < 4.0
+
+
+def test_decay_groups_exclude_biases_norms_and_embeddings():
+    from specdsl.train.loop import _decay_groups
+    c = specdsl.load(SPECS / "nanogpt-shakespeare.spec", overrides=TINY)
+    module = specdsl.to_torch(c)
+    decay, no_decay = _decay_groups(module, c.model, 0.1)
+    names = {id(p): n for n, p in module.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed == {n for n, p in module.named_parameters() if p.dim() == 2 and n not in ("wte.weight",
+                                                                                             "wpe.weight")}
+    assert {"wte.weight", "wpe.weight", "ln_f.weight", "h.0.attn.qkv.bias"} <= {names[id(p)]
+                                                                                 for p in no_decay["params"]}
