@@ -144,6 +144,60 @@ def sample_cmd(
     sys.stdout.write("\n")
 
 
+@app.command("export")
+def export_cmd(
+    spec: str = typer.Argument(..., help="The spec file."),
+    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format for now)."),
+    output: str = typer.Option(..., "-o", "--output", help="The .onnx file to write."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="A named preset of the spec."),
+    sets: list[str] = typer.Option([], "--set", "-s", help="Override a hyperparameter."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="A run directory of `specc train`."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write OUT.int8.onnx."),
+) -> None:
+    """Export a spec to ONNX, check it and compare it with PyTorch on onnxruntime."""
+    if not onnx:
+        print("error: choose a format: --onnx", file=sys.stderr)
+        raise typer.Exit(EXIT_SPEC_ERROR)
+    try:
+        from .backends.onnx_cli import export_command
+        export_command(spec, output, preset, _overrides(sets), checkpoint, quantize)
+    except SpecError as e:
+        _fail(e)
+
+
+@app.command("inspect")
+def inspect_cmd(path: str = typer.Argument(..., help="An ONNX file written by `specc export`.")) -> None:
+    """Print what an exported file says about itself, and the parameter count read back from it."""
+    try:
+        from .backends.onnx_cli import inspect_command
+        inspect_command(path)
+    except SpecError as e:
+        _fail(e)
+
+
+@app.command("generate")
+def generate_cmd(
+    path: str = typer.Argument(..., help="An ONNX file written by `specc export --checkpoint`."),
+    prompt: str = typer.Option("\n", "--prompt", help="Text to continue."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
+    temperature: float = typer.Option(0.8, "--temperature", help="0 is greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Generate text on onnxruntime with the KV cache, streaming tokens as they come."""
+    try:
+        from .backends.onnx_generate import OnnxGenerator
+        generator = OnnxGenerator(path)
+        ids = generator.tokenizer.encode(prompt)
+    except SpecError as e:
+        _fail(e)
+    sys.stdout.write(prompt)
+    for token in generator.generate(ids, max_new_tokens, temperature, top_k, seed):
+        sys.stdout.write(generator.tokenizer.decode([token]))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
 def run() -> None:
     """Entry point: never a traceback for bad input; an internal error is reported as one line."""
     try:

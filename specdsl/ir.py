@@ -158,3 +158,13 @@ def _visit(child: Node, prefix: str):
         yield prefix + child.name, child
     else:
         yield from layers_with_paths(child, f"{prefix}{child.name}.")
+
+
+def applications(module: Module, mult: int = 1):
+    """(Layer, times applied per forward) for every layer, repeats not unrolled: the order attention layers run is
+    the order of this walk, each repeated `times` in a row."""
+    for child in module.children:
+        if isinstance(child, Layer):
+            yield child, mult
+        else:
+            yield from applications(child, mult * (child.count if child.is_repeat else 1))

@@ -18,7 +18,7 @@ from .. import ir
 from ..errors import SpecError
 from ..kinds import KINDS, Args
 from ..shapes import Sym
-from .torch_modules import init_gpt2_
+from .torch_modules import DecodeState, init_gpt2_
 
 _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
 
@@ -176,3 +176,38 @@ def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = tor
         init_gpt2_(module)
     _tie(module, model)
     return module.to(dtype=dtype)
+
+
+def cache_slots(model: ir.Model) -> list[tuple[int, int]]:
+    """(kv_heads, head_dim) of each attention application in execution order: the shape of the KV cache."""
+    slots = []
+    for layer, times in ir.applications(model.root):
+        if KINDS[layer.kind].kv_cache_per_token(Args(layer.args)):
+            a = layer.arguments
+            slots += [(a["kv_heads"], a["head_dim"])] * times
+    return slots
+
+
+class Decoder(nn.Module):
+    """Incremental decoding: `decoder(tokens, *past) -> (logits, *present)`, with past and present the keys and
+    values of every attention application, [batch, kv_heads, positions, head_dim] each, k then v."""
+
+    def __init__(self, module: SpecModule):
+        super().__init__()
+        self.model = module
+        self.slots = cache_slots(module.spec)
+        self._stateful = [m for m in module.modules() if hasattr(m, "decode")]
+
+    def empty_cache(self, batch: int = 1, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:
+        return [torch.zeros(batch, kv, 0, hd, dtype=dtype, device=device) for kv, hd in self.slots for _ in (0, 1)]
+
+    def forward(self, tokens: torch.Tensor, *past: torch.Tensor):
+        state = DecodeState([(past[2 * i], past[2 * i + 1]) for i in range(len(self.slots))])
+        for m in self._stateful:
+            m.decode = state
+        try:
+            logits = self.model(tokens)
+        finally:
+            for m in self._stateful:
+                m.decode = None
+        return (logits, *[t for kv in state.present for t in kv])

@@ -29,9 +29,11 @@ class PositionalEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num, dim))
         nn.init.normal_(self.weight, std=0.02)
+        self.decode: DecodeState | None = None  # while decoding, positions continue after the cached ones
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[-2]
+        offset = self.decode.offset if self.decode is not None else 0
         return x + self.weight[offset:offset + T]
 
 
@@ -63,40 +65,53 @@ class Attention(nn.Module):
         self.causal, self.rope, self.rope_theta, self.window, self.dropout = causal, rope, rope_theta, window, dropout
         self.qkv = nn.Linear(d, (heads + 2 * kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, d, bias=out_bias)
+        self.decode: DecodeState | None = None
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """x [B, T, d]. `cache` (optional, for decoding): {"k": [B, kv, S, hd], "v": ..., "offset": S} is read and
-        updated in place with this step's keys and values."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d] -> [B, T, d]. While `self.decode` holds a DecodeState (incremental decoding), the keys and
+        values of earlier positions come from it and this call's are appended to it."""
         B, T, _ = x.shape
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
         q, k, v = self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1)
         q = q.view(B, T, h, hd).transpose(1, 2)
         k = k.view(B, T, kv, hd).transpose(1, 2)
         v = v.view(B, T, kv, hd).transpose(1, 2)
-        offset = cache["offset"] if cache is not None else 0
+        state = self.decode
+        offset = state.offset if state is not None else 0
         if self.rope:
             cos, sin = rotary_cos_sin(T, hd, self.rope_theta, x.device, q.dtype, offset)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            if cache.get("k") is not None:
-                k = torch.cat((cache["k"], k), dim=2)
-                v = torch.cat((cache["v"], v), dim=2)
-            cache["k"], cache["v"], cache["offset"] = k, v, offset + T
-        S = k.shape[2]
-        mask = None
-        is_causal = self.causal and S == T
-        if (self.causal and S != T) or (self.window and S > self.window):
-            # Explicit mask: decoding with a cache (queries are the last T of S positions) or a sliding window.
-            qpos = torch.arange(S - T, S, device=x.device)[:, None]
+        if state is not None:
+            k, v = state.extend(k, v)
+        dropout = self.dropout if self.training else 0.0
+        if state is None and not self.window:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=dropout, enable_gqa=kv != h)
+        else:
+            # An explicit mask: queries are the last T of S positions (decoding), or a sliding window.
+            S = k.shape[2]
+            qpos = torch.arange(T, device=x.device)[:, None] + (S - T)
             kpos = torch.arange(S, device=x.device)[None, :]
             mask = kpos <= qpos if self.causal else torch.ones(T, S, dtype=torch.bool, device=x.device)
             if self.window:
                 mask = mask & (qpos - kpos < self.window)
-            is_causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=kv != h)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=kv != h)
         return self.out(y.transpose(1, 2).reshape(B, T, h * hd))
+
+
+class DecodeState:
+    """Keys and values of earlier positions, for incremental decoding: attention calls take their past in the
+    order they run and leave their present (past + new) in `present`."""
+
+    def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.past, self.present, self.index = past, [], 0
+        self.offset = past[0][0].shape[2] if past else 0
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        past_k, past_v = self.past[self.index]
+        self.index += 1
+        k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+        self.present.append((k, v))
+        return k, v
 
 
 class MLP(nn.Module):
@@ -167,6 +182,14 @@ class MoE(nn.Module):
         probs = F.softmax(self.router(x), dim=-1, dtype=torch.float32)
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        if torch.compiler.is_exporting():
+            # A traced graph cannot branch on which experts tokens chose: every expert runs on every token and
+            # the unchosen ones are weighted 0, so no token loses an expert (same outputs, more compute).
+            combine = torch.zeros(x.shape[0], self.num_experts, dtype=x.dtype, device=x.device)
+            combine = combine.scatter(1, chosen, weights)
+            out = sum(self.experts.forward_expert(e, x, self.act) * combine[:, e:e + 1]
+                      for e in range(self.num_experts))
+            return out.reshape(shape)
         out = torch.zeros_like(x)
         for e in range(self.num_experts):
             token, slot = torch.where(chosen == e)

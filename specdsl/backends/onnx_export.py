@@ -1,0 +1,306 @@
+"""`specc export --onnx`: a compiled spec as a self-describing ONNX file, checked against PyTorch.
+
+Two graphs for a language model:
+- OUT.onnx: `tokens` int64 [batch, seq] -> `logits` [batch, seq, vocab], batch and seq dynamic (seq <= ctx);
+- OUT.decode.onnx: `tokens` [batch, new] and the KV cache `past.<i>.k`, `past.<i>.v` [batch, kv_heads, past,
+  head_dim] of every attention application -> `logits` and `present.<i>.k`, `present.<i>.v` (past + new).
+Other models keep their inputs' and outputs' names, with a dynamic batch.
+
+Both are written beside their target and renamed into place only after onnx.checker and a comparison with
+PyTorch on onnxruntime (two batch sizes, two lengths) pass: a file that fails is never left behind.
+The metadata_props carry the spec's source, the resolved hyperparameters, the tokenizer and the specc version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__, to_torch
+from ..errors import Span, SpecError
+from ..shapes import Sym
+from .torch_backend import Decoder
+
+TOLERANCE = 1e-4  # float32: the command fails above this
+
+
+class ExportError(SpecError):
+    pass
+
+
+def is_language_model(model) -> bool:
+    first = model.inputs[0].type
+    return first.dtype == "int" and sum(isinstance(d, Sym) for d in first.shape) >= 2 and \
+        model.outputs[0][1].rank == 3 and not any(i.default is not None for i in model.inputs)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress lines and warnings; a CLI shows its own report instead."""
+    sink = io.StringIO()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        try:
+            yield sink
+        finally:
+            logging.disable(previous)
+
+
+def _sample_inputs(model, batch: int, seq: int | None, vocab_hint: int, generator: torch.Generator):
+    out = []
+    for inp in model.inputs:
+        if inp.default is not None:
+            continue
+        shape = []
+        for d in inp.type.shape:
+            if isinstance(d, Sym):
+                shape.append(batch if not shape else (seq or d.bound or 8))
+            else:
+                shape.append(d)
+        if inp.type.dtype == "int":
+            out.append(torch.randint(0, vocab_hint, shape, generator=generator))
+        else:
+            out.append(torch.randn(*shape, generator=generator))
+    return out
+
+
+def _dynamic(model):
+    """One torch.export Dim per symbolic dim name: the first is the batch, the others keep their bounds."""
+    dims: dict[str, torch.export.Dim] = {}
+    specs = []
+    for inp in model.inputs:
+        if inp.default is not None:
+            continue
+        spec = {}
+        for i, d in enumerate(inp.type.shape):
+            if isinstance(d, Sym):
+                if d.name not in dims:
+                    dims[d.name] = torch.export.Dim(d.name, min=1, max=d.bound or 4096) if dims else \
+                        torch.export.Dim(d.name, min=1, max=4096)
+                spec[i] = dims[d.name]
+        specs.append(spec)
+    return (tuple(specs),)
+
+
+def _sequence_bound(model) -> int | None:
+    syms = [d for d in model.inputs[0].type.shape if isinstance(d, Sym)]
+    return syms[1].bound if len(syms) >= 2 else None
+
+
+def _metadata(compiled, tokenizer: dict | None, graph: str, extra: dict | None = None) -> dict[str, str]:
+    m = compiled.model
+    meta = {
+        "specc.version": __version__,
+        "specc.model": m.name,
+        "specc.graph": graph,
+        "specc.spec": m.source,
+        "specc.spec_path": m.path,
+        "specc.preset": m.preset or "",
+        "specc.hyperparameters": json.dumps(m.hyperparameters),
+        "specc.tokenizer": json.dumps(tokenizer) if tokenizer else "",
+        "specc.params": str(compiled.analysis.total),
+    }
+    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    return meta
+
+
+def _save(program, path: Path, metadata: dict[str, str], strip_prefix: str = "") -> None:
+    """Write the graph with initializers named by their parameter paths (a wrapper's prefix removed), without the
+    exporter's per-node stack traces (a tenth of the file), and with specc's metadata."""
+    import onnx
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    if strip_prefix:
+        renames = {t.name: t.name[len(strip_prefix):] for t in proto.graph.initializer
+                   if t.name.startswith(strip_prefix)}
+        for t in proto.graph.initializer:
+            t.name = renames.get(t.name, t.name)
+        for node in proto.graph.node:
+            node.input[:] = [renames.get(i, i) for i in node.input]
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.value_info[:]
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, tokenizer: dict | None = None,
+           quantize: str | None = None, val_data=None) -> dict:
+    """Export, check and compare. Returns the report; raises ExportError (leaving no file) on a mismatch."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = compiled.model
+    torch.manual_seed(0)
+    module = to_torch(compiled).eval()
+    if weights_from is not None:
+        from ..train.checkpoint import load_weights_into
+        try:
+            load_weights_into(module, weights_from)
+        except Exception as e:
+            raise SpecError(f"checkpoint '{weights_from}' does not fit this spec: {e}", Span(str(weights_from), 1, 1),
+                            hint="export with the spec (and --set values) the run was trained with") from None
+    lm = is_language_model(model)
+    names = [i.name for i in model.inputs if i.default is None]
+    seq_bound = _sequence_bound(model)
+    if lm:
+        output_names = ["logits"]
+        input_names = ["tokens"]
+    else:
+        output_names = [n for n, _ in model.outputs]
+        input_names = names
+    wrapper = module  # exported as is: its initializers are named by parameter paths
+    vocab = model.outputs[0][1].shape[-1] if lm else int(model.hyperparameters.get("vocab", 2))
+    vocab = vocab if isinstance(vocab, int) else 2
+    gen = torch.Generator().manual_seed(0)
+    example = _sample_inputs(model, 2, min(seq_bound, 8) if seq_bound else None, vocab, gen)
+    report: dict = {"file": str(out), "params": compiled.analysis.total, "checks": []}
+    tmp = out.with_name(f".{out.name}.tmp")
+    written: list[Path] = []
+    try:
+        with _quiet(), torch.no_grad():
+            # optimize=False keeps every weight under its parameter path (the exporter's optimizer folds
+            # transposes into renamed copies); onnxruntime does that folding itself when it loads the file.
+            program = torch.onnx.export(wrapper, tuple(example), dynamo=True, input_names=input_names,
+                                        output_names=output_names, dynamic_shapes=_dynamic(model), optimize=False)
+        _save(program, tmp, _metadata(compiled, tokenizer, "full"))
+        written.append(tmp)
+        session = _session(tmp)
+        seqs = [min(5, seq_bound), seq_bound] if seq_bound else [None]
+        for batch in (1, 3):
+            for seq in seqs:
+                inputs = _sample_inputs(model, batch, seq, vocab, gen)
+                with torch.no_grad():
+                    expected = _first(wrapper(*inputs)).numpy()
+                got = session.run(None, {n: x.numpy() for n, x in zip(input_names, inputs)})[0]
+                diff = float(np.abs(got - expected).max())
+                report["checks"].append({"batch": batch, "seq": seq, "max_abs_diff": diff})
+        worst = max(c["max_abs_diff"] for c in report["checks"])
+        report["max_abs_diff"] = worst
+        if not worst <= TOLERANCE:
+            raise ExportError(f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {TOLERANCE})",
+                              Span(str(out), 1, 1))
+        decode_path = out.with_name(out.stem + ".decode.onnx")
+        if lm and any(True for _ in Decoder(module).slots):
+            report["decode"] = _export_decoder(compiled, module, tokenizer, decode_path, session, vocab, seq_bound,
+                                               written)
+        tmp.replace(out)
+        written.remove(tmp)
+        if "decode" in report:
+            dtmp = decode_path.with_name(f".{decode_path.name}.tmp")
+            dtmp.replace(decode_path)
+            written.remove(dtmp)
+            report["decode"]["file"] = str(decode_path)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+    report["bytes"] = out.stat().st_size
+    if quantize:
+        report["quantized"] = _quantize(out, quantize, val_data, seq_bound)
+    return report
+
+
+def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab: int, seq_bound: int,
+                    written: list) -> dict:
+    decoder = Decoder(module).eval()
+    slots = decoder.slots
+    names = [f"past.{i}.{kv}" for i in range(len(slots)) for kv in "kv"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    new = torch.export.Dim("new", min=1, max=seq_bound)
+    past = torch.export.Dim("past", min=0, max=seq_bound)
+    gen = torch.Generator().manual_seed(1)
+    example_past = [torch.randn(2, kv, 3, hd, generator=gen) for kv, hd in slots for _ in (0, 1)]
+    tokens = torch.randint(0, vocab, (2, 2), generator=gen)
+    dynamic = ({0: batch, 1: new}, tuple({0: batch, 2: past} for _ in example_past))
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(decoder, (tokens, *example_past), dynamo=True,
+                                    input_names=["tokens"] + names,
+                                    output_names=["logits"] + [n.replace("past", "present") for n in names],
+                                    dynamic_shapes=dynamic, optimize=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _save(program, tmp, _metadata(compiled, tokenizer, "decode", {"specc.cache": [list(s) for s in slots]}),
+          strip_prefix="model.")
+    written.append(tmp)
+    session = _session(tmp)
+    # Cache against no cache: a prompt, then one token at a time, against the full graph on the whole sequence.
+    seq = min(seq_bound, 12)
+    ids = torch.randint(0, vocab, (2, seq), generator=gen).numpy()
+    full = full_session.run(None, {"tokens": ids})[0]
+    feeds = {n: np.zeros((2, kv, 0, hd), np.float32) for n, (kv, hd) in zip(names, [s for s in slots for _ in (0, 1)])}
+    prompt = seq // 2
+    outs = session.run(None, {"tokens": ids[:, :prompt], **feeds})
+    logits = [outs[0]]
+    for t in range(prompt, seq):
+        cache = dict(zip(names, outs[1:]))
+        outs = session.run(None, {"tokens": ids[:, t:t + 1], **cache})
+        logits.append(outs[0])
+    diff = float(np.abs(np.concatenate(logits, axis=1) - full).max())
+    if not diff <= TOLERANCE:
+        raise ExportError(f"the decoding graph with a KV cache differs from the full graph by {diff:.3g}",
+                          Span(str(path), 1, 1))
+    return {"cache_vs_full_max_abs_diff": diff, "layers": len(slots)}
+
+
+def _quantize(path: Path, kind: str, val_data, seq_bound) -> dict:
+    if kind != "int8":
+        raise SpecError(f"unknown quantization '{kind}': use int8", Span("--quantize", 1, 1))
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnxruntime as ort
+    target = path.with_name(path.stem + ".int8.onnx")
+    tmp = target.with_name(f".{target.name}.tmp")
+    folded = target.with_name(f".{target.name}.folded")
+    try:
+        # Fold the weight transposes first (onnxruntime's basic level), so MatMuls see constant weights to quantize.
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with _quiet():
+            quantize_dynamic(str(folded), str(tmp), weight_type=QuantType.QInt8)
+        tmp.replace(target)
+    finally:
+        folded.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    report = {"file": str(target), "bytes": target.stat().st_size, "fp32_bytes": path.stat().st_size}
+    if val_data is not None and seq_bound:  # a language model trained on text: the loss on its validation split
+        losses = {}
+        for name, p in (("fp32", path), ("int8", target)):
+            session = _session(p)
+            gen = torch.Generator().manual_seed(7)
+            total = []
+            for _ in range(8):
+                x, y = val_data.batch("val", 8, seq_bound, gen)
+                logits = session.run(None, {"tokens": x.numpy()})[0]
+                z = logits - logits.max(-1, keepdims=True)
+                logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+                total.append(-np.take_along_axis(logp, y.numpy()[..., None], -1).mean())
+            losses[name] = float(np.mean(total))
+        report["val_loss"] = losses
+        report["val_loss_change"] = losses["int8"] - losses["fp32"]
+    return report
