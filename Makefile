@@ -19,13 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# The main job: size some zoo models, then train nanoGPT's Shakespeare model on the built-in corpus and sample it.
+# The main job: size some zoo models; train nanoGPT's Shakespeare model on the built-in corpus and sample it;
+# export it to ONNX (checked against PyTorch) and generate on onnxruntime with the KV cache.
 demo: setup
 	$(BIN)/specc compile specs/mixtral.spec
 	$(BIN)/specc compile specs/gpt4-moe.spec --json | $(BIN)/python -c "import json,sys; p=json.load(sys.stdin)['params']; print(f\"gpt4-moe: {p['total']:,} parameters, {p['active']:,} active per token\")"
 	rm -rf runs/demo
 	$(BIN)/specc train specs/nanogpt-shakespeare.spec --steps 600 --eval-every 100 --out runs/demo
 	$(BIN)/specc sample runs/demo --prompt "the king " --max-new-tokens 120 --temperature 0
+	$(BIN)/specc export specs/nanogpt-shakespeare.spec --checkpoint runs/demo --onnx -o runs/demo/model.onnx --quantize int8
+	$(BIN)/specc generate runs/demo/model.onnx --prompt "the king " --max-new-tokens 120 --temperature 0
 
 test: setup
 	$(BIN)/python -m pytest

@@ -1,0 +1,146 @@
+"""`specc export --onnx`, `specc inspect` and `specc generate`: every family matches PyTorch on onnxruntime, shapes
+are dynamic, the file describes itself, the KV cache changes nothing, and bad input is a clear error."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import specdsl
+from conftest import SPECS
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+from specdsl.backends import onnx_export  # noqa: E402
+from specdsl.backends.onnx_generate import OnnxGenerator, count_parameters, read_metadata  # noqa: E402
+
+torch.set_num_threads(1)
+SMALL = {"d": 32, "layers": 2, "heads": 4, "vocab": 50, "ctx": 24}
+FAMILIES = [
+    ("gpt2.spec", None, SMALL),
+    ("llama.spec", None, {**SMALL, "kv_heads": 2, "ffn": 48}),
+    ("mixtral.spec", None, {**SMALL, "kv_heads": 1, "ffn": 40, "experts": 4, "top_k": 2}),
+    ("bert.spec", None, {**SMALL, "ffn": 48}),
+    ("albert.spec", None, {**SMALL, "ffn": 48, "emb": 16}),
+    ("lenet5.spec", None, {}),
+]
+
+
+@pytest.mark.parametrize("spec,preset,sets", FAMILIES, ids=[f[0].split(".")[0] for f in FAMILIES])
+def test_export_matches_pytorch_with_dynamic_shapes(tmp_path, spec, preset, sets):
+    compiled = specdsl.load(SPECS / spec, preset=preset, overrides=sets)
+    report = onnx_export.export(compiled, tmp_path / "m.onnx")
+    batches = {c["batch"] for c in report["checks"]}
+    assert batches == {1, 3}
+    if compiled.model.inputs[0].type.dtype == "int":
+        assert {c["seq"] for c in report["checks"]} == {5, 24}
+    assert report["max_abs_diff"] <= 1e-4
+    assert count_parameters(tmp_path / "m.onnx") == compiled.analysis.total
+    if onnx_export.is_language_model(compiled.model):
+        assert report["decode"]["cache_vs_full_max_abs_diff"] <= 1e-5
+        assert (tmp_path / "m.decode.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_language_model_graph_has_one_tokens_input_and_logits(tmp_path):
+    import onnxruntime as ort
+    onnx_export.export(specdsl.load(SPECS / "gpt2.spec", overrides=SMALL), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, out.name) == ("tokens", "tensor(int64)", "logits")
+    assert inp.shape == ["batch", "seq"] and out.shape[-1] == 50
+
+
+def test_tied_weights_are_stored_once(tmp_path):
+    compiled = specdsl.load(SPECS / "nanogpt-shakespeare.spec")
+    onnx_export.export(compiled, tmp_path / "m.onnx")
+    size = (tmp_path / "m.onnx").stat().st_size
+    assert size < 1.05 * 4 * compiled.analysis.total  # weights once, plus a small graph
+    assert count_parameters(tmp_path / "m.onnx") == compiled.analysis.total  # no second copy of wte for the head
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from rich.console import Console
+
+    from specdsl.train.loop import train
+    run = tmp_path_factory.mktemp("run") / "r"
+    train(str(SPECS / "nanogpt-shakespeare.spec"), overrides={"d": 32, "layers": 1, "heads": 2, "ctx": 16},
+          flags={"steps": 40, "batch": 8, "eval_every": 20, "eval_batches": 2, "lr": 1e-2, "out": str(run)},
+          progress=False, console=Console(file=open(os.devnull, "w")))
+    return run
+
+
+def test_metadata_round_trip_and_inspect(tmp_path, trained, specc_cmd):
+    out = tmp_path / "m.onnx"
+    r = subprocess.run(specc_cmd + ["export", str(SPECS / "nanogpt-shakespeare.spec"), "--onnx", "--checkpoint",
+                                    str(trained), "-o", str(out), "--quantize", "int8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "int8" in r.stdout and "validation loss" in r.stdout
+    meta = read_metadata(out)
+    assert meta["specc.spec"] == (SPECS / "nanogpt-shakespeare.spec").read_text()
+    assert json.loads(meta["specc.hyperparameters"])["ctx"] == 16
+    assert json.loads(meta["specc.tokenizer"])["kind"] == "char"
+    assert meta["specc.version"] == specdsl.__version__
+    shown = subprocess.run(specc_cmd + ["inspect", str(out)], capture_output=True, text=True)
+    assert shown.returncode == 0 and f"parameters in the file: {int(meta['specc.params']):,}" in shown.stdout
+    assert (tmp_path / "m.int8.onnx").stat().st_size < out.stat().st_size / 2
+
+
+def test_generate_on_onnxruntime_equals_sample_in_pytorch(tmp_path, trained):
+    from specdsl.train.sample import generate, load_run
+    onnx_export.export(*_from_run(trained), tmp_path / "m.onnx", **_kw(trained))
+    module, tokenizer, ctx = load_run(trained)
+    prompt = tokenizer.encode("the ")
+    ours = list(generate(module, prompt, 40, ctx, temperature=0))  # 40 > ctx 16: past the context too
+    onnx = list(OnnxGenerator(tmp_path / "m.onnx").generate(prompt, 40, temperature=0))
+    assert onnx == ours
+
+
+def _from_run(run):
+    from specdsl.train.loop import loads_for_run
+    compiled, record = loads_for_run(run)
+    return (compiled,)
+
+
+def _kw(run):
+    record = json.loads((run / "run.json").read_text())
+    return {"weights_from": run / "best", "tokenizer": record["tokenizer"]}
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, trained, specc_cmd):
+    spec = str(SPECS / "nanogpt-shakespeare.spec")
+
+    def export(*extra):
+        return subprocess.run(specc_cmd + ["export", spec, "--onnx", "-o", str(tmp_path / "x.onnx"), *extra],
+                              capture_output=True, text=True)
+
+    missing = export("--checkpoint", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr
+    other = subprocess.run(specc_cmd + ["export", str(SPECS / "gpt2.spec"), "--onnx", "-o", str(tmp_path / "x.onnx"),
+                                        "--checkpoint", str(trained)], capture_output=True, text=True)
+    assert other.returncode == 2 and "trained from another spec" in other.stderr
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(trained, corrupt)
+    (corrupt / "best" / "model.safetensors").write_bytes(b"\x00" * 100)
+    (corrupt / "last" / "model.safetensors").write_bytes(b"\x00" * 100)
+    broken = export("--checkpoint", str(corrupt))
+    assert broken.returncode == 2 and "does not fit this spec" in broken.stderr and "Traceback" not in broken.stderr
+    assert not (tmp_path / "x.onnx").exists()
+    onnx_export.export(*_from_run(trained), tmp_path / "ok.onnx", **_kw(trained))
+    bad_prompt = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--prompt", "Q@Z"],
+                                capture_output=True, text=True)
+    assert bad_prompt.returncode == 2 and "outside the vocabulary" in bad_prompt.stderr
+    not_onnx = tmp_path / "junk.onnx"
+    not_onnx.write_bytes(b"garbage")
+    junk = subprocess.run(specc_cmd + ["inspect", str(not_onnx)], capture_output=True, text=True)
+    assert junk.returncode == 2 and "not an ONNX model" in junk.stderr
+
+
+def test_a_mismatch_fails_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # any difference is now too much
+    with pytest.raises(onnx_export.ExportError, match="differ"):
+        onnx_export.export(specdsl.load(SPECS / "gpt2.spec", overrides=SMALL), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
