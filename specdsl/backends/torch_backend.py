@@ -92,6 +92,7 @@ class SpecModule(GraphModule):
         self.spec = model
         self._defaults = {i.name: (i.default, i.type) for i in model.inputs if i.default is not None}
         self._input_types = {i.name: i.type for i in model.inputs}
+        self._routed = [m for m in self.modules() if hasattr(m, "aux_loss")]  # mixtures of experts
 
     def forward(self, *inputs, **named):
         given = dict(zip(self._inputs, inputs))
@@ -116,8 +117,7 @@ class SpecModule(GraphModule):
 
     def aux_loss(self) -> torch.Tensor | float:
         """Sum of the mixture-of-experts load-balancing losses of the last forward (0 for dense models)."""
-        losses = [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None
-                  and isinstance(m.aux_loss, torch.Tensor)]
+        losses = [m.aux_loss for m in self._routed if isinstance(m.aux_loss, torch.Tensor)]
         return sum(losses) if losses else 0.0
 
 
