@@ -99,7 +99,7 @@ class _Scope:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'d=1024' -> ('d', 1024). Values: int, float, true/false, else a string."""
-    where = Span("--set", 1, 1)
+    where = Span("--set", 0, 0)
     if "=" not in text:
         raise SpecError(f"--set takes NAME=VALUE, got '{text}'", where)
     name, raw = (s.strip() for s in text.split("=", 1))
@@ -205,7 +205,7 @@ class Elaborator:
             if preset not in presets:
                 hint = did_you_mean(preset, presets) or (f"presets of this spec: {', '.join(presets)}" if presets
                                                         else "this spec defines no presets")
-                self.record(SpecError(f"unknown preset '{preset}'", Span("--preset", 1, 1), hint=hint))
+                self.record(SpecError(f"unknown preset '{preset}'", Span("--preset", 0, 0), hint=hint))
             else:
                 for name, expr, span in presets[preset].assignments:
                     if name not in declared:
@@ -214,7 +214,7 @@ class Elaborator:
                     assigned[name] = (expr, True)
         for name, value in overrides.items():
             if name not in declared:
-                self.record(SpecError(f"--set {name}: no hyperparameter '{name}' in this spec", Span("--set", 1, 1),
+                self.record(SpecError(f"--set {name}: no hyperparameter '{name}' in this spec", Span("--set", 0, 0),
                                       hint=did_you_mean(name, declared)
                                       or f"hyperparameters: {', '.join(declared) or 'none'}"))
                 continue
@@ -259,7 +259,7 @@ class Elaborator:
         if isinstance(default, _Poison) or type(value) is type(default):
             return value
         self.fail(f"--set {decl.name}={value}: expected {_type_name(default)} like its default, "
-                  f"got {_type_name(value)}", Span("--set", 1, 1))
+                  f"got {_type_name(value)}", Span("--set", 0, 0))
 
     def _check_type(self, value, type_name: str | None, name: str, span: Span):
         if type_name is None or isinstance(value, _Poison):

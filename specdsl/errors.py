@@ -21,7 +21,8 @@ class Span:
     end_col: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        # Line 0: a mistake on the command line or in a folder, not at a place in a source file.
+        return self.file if self.line <= 0 else f"{self.file}:{self.line}:{self.col}"
 
 
 NO_SPAN = Span("<input>", 1, 1)

@@ -20,7 +20,7 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
         from ..train import checkpoint as ckpt
         from ..train.data import TokenData
         run = Path(checkpoint)
-        where = Span(str(run), 1, 1)
+        where = Span(str(run), 0, 0)
         if not (run / "run.json").is_file():
             raise SpecError(f"'{run}' is not a run directory (no run.json)", where,
                             hint="pass the --out folder of `specc train`")

@@ -163,7 +163,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
         try:
             load_weights_into(module, weights_from)
         except Exception as e:
-            raise SpecError(f"checkpoint '{weights_from}' does not fit this spec: {e}", Span(str(weights_from), 1, 1),
+            raise SpecError(f"checkpoint '{weights_from}' does not fit this spec: {e}", Span(str(weights_from), 0, 0),
                             hint="export with the spec (and --set values) the run was trained with") from None
     lm = is_language_model(model)
     names = [i.name for i in model.inputs if i.default is None]
@@ -204,7 +204,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
         report["max_abs_diff"] = worst
         if not worst <= TOLERANCE:
             raise ExportError(f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {TOLERANCE})",
-                              Span(str(out), 1, 1))
+                              Span(str(out), 0, 0))
         decode_path = out.with_name(out.stem + ".decode.onnx")
         if lm and any(True for _ in Decoder(module).slots):
             report["decode"] = _export_decoder(compiled, module, tokenizer, decode_path, session, vocab, seq_bound,
@@ -262,13 +262,13 @@ def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab
     diff = float(np.abs(np.concatenate(logits, axis=1) - full).max())
     if not diff <= TOLERANCE:
         raise ExportError(f"the decoding graph with a KV cache differs from the full graph by {diff:.3g}",
-                          Span(str(path), 1, 1))
+                          Span(str(path), 0, 0))
     return {"cache_vs_full_max_abs_diff": diff, "layers": len(slots)}
 
 
 def _quantize(path: Path, kind: str, val_data, seq_bound) -> dict:
     if kind != "int8":
-        raise SpecError(f"unknown quantization '{kind}': use int8", Span("--quantize", 1, 1))
+        raise SpecError(f"unknown quantization '{kind}': use int8", Span("--quantize", 0, 0))
     from onnxruntime.quantization import QuantType, quantize_dynamic
     import onnxruntime as ort
     target = path.with_name(path.stem + ".int8.onnx")

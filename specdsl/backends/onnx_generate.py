@@ -20,11 +20,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     import onnx
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"no such ONNX file: '{path}'", Span(str(path), 1, 1))
+        raise SpecError(f"no such ONNX file: '{path}'", Span(str(path), 0, 0))
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise SpecError(f"'{path}' is not an ONNX model: {str(e).splitlines()[0][:200]}", Span(str(path), 1, 1)) \
+        raise SpecError(f"'{path}' is not an ONNX model: {str(e).splitlines()[0][:200]}", Span(str(path), 0, 0)) \
             from None
     return {p.key: p.value for p in proto.metadata_props}
 
@@ -54,7 +54,7 @@ class Tokenizer:
         unknown = sorted({c for c in text if c not in self.index})
         if unknown:
             raise SpecError(f"the prompt has characters outside the vocabulary: {''.join(unknown)!r}",
-                            Span("--prompt", 1, 1), hint=f"the vocabulary is {self.chars!r}")
+                            Span("--prompt", 0, 0), hint=f"the vocabulary is {self.chars!r}")
         return [self.index[c] for c in text]
 
     def decode(self, ids) -> str:
@@ -72,12 +72,12 @@ class OnnxGenerator:
         else:
             decode = path.with_name(path.stem + ".decode.onnx")
         if not decode.is_file():
-            raise SpecError(f"no decoding graph beside '{path}' (expected '{decode.name}')", Span(str(path), 1, 1),
+            raise SpecError(f"no decoding graph beside '{path}' (expected '{decode.name}')", Span(str(path), 0, 0),
                             hint="export a language model with `specc export ... --onnx`")
         meta = read_metadata(decode)
         if not meta.get("specc.tokenizer"):
             raise SpecError(f"'{path}' carries no tokenizer: it was exported without --checkpoint",
-                            Span(str(path), 1, 1), hint="export from a trained run: --checkpoint RUN_DIR")
+                            Span(str(path), 0, 0), hint="export from a trained run: --checkpoint RUN_DIR")
         self.tokenizer = Tokenizer(json.loads(meta["specc.tokenizer"]))
         self.slots = [tuple(s) for s in json.loads(meta["specc.cache"])]
         hyper = json.loads(meta["specc.hyperparameters"])

@@ -68,13 +68,13 @@ def resolve_config(spec_section: dict[str, Any], flags: dict[str, Any]) -> Train
             if value is None:
                 continue
             if key not in known:
-                raise SpecError(f"unknown training setting '{key}'", Span("train", 1, 1),
+                raise SpecError(f"unknown training setting '{key}'", Span("train", 0, 0),
                                 hint=did_you_mean(key, known))
             cfg = replace(cfg, **{key: value})
     if cfg.steps < 1 or cfg.batch < 1 or cfg.accum < 1 or cfg.eval_every < 1:
-        raise SpecError("steps, batch, accum and eval_every must be at least 1", Span("train", 1, 1))
+        raise SpecError("steps, batch, accum and eval_every must be at least 1", Span("train", 0, 0))
     if cfg.dtype not in ("fp32", "bf16"):
-        raise SpecError(f"dtype must be fp32 or bf16, got '{cfg.dtype}'", Span("train", 1, 1))
+        raise SpecError(f"dtype must be fp32 or bf16, got '{cfg.dtype}'", Span("train", 0, 0))
     return cfg
 
 

@@ -170,7 +170,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
         task = Classification(image=compiled.model.inputs[0].type.rank == 4, seed=config.seed)
     run.overrides = overrides
     if config.batch % world:
-        raise SpecError(f"batch {config.batch} is not divisible by {world} processes", Span("train", 1, 1))
+        raise SpecError(f"batch {config.batch} is not divisible by {world} processes", Span("train", 0, 0))
 
     # ---- model, optimizer, resume ----
     torch.manual_seed(config.seed)
@@ -185,7 +185,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
     last = checkpoint.resolve(out / "last")
     if resume:
         if last is None:
-            raise SpecError(f"nothing to resume in {out}: no complete checkpoint", Span(str(out), 1, 1))
+            raise SpecError(f"nothing to resume in {out}: no complete checkpoint", Span(str(out), 0, 0))
         state = checkpoint.read_trainer_state(last)
         _check_resumable(state, run)
         state = checkpoint.load(last, module, optimizer, generator)
@@ -194,7 +194,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
         say(f"[bold]resumed[/bold] {out} at step {start}")
     elif last is not None:
         raise SpecError(f"{out} already holds a run (checkpoint at step {checkpoint.read_trainer_state(last)['step']})",
-                        Span(str(out), 1, 1), hint="pass --resume to continue it, or --out for a new run")
+                        Span(str(out), 0, 0), hint="pass --resume to continue it, or --out for a new run")
     out.mkdir(parents=True, exist_ok=True)
 
     if rank == 0:
@@ -207,7 +207,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
     metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
     micro = config.batch // config.accum if config.batch % config.accum == 0 else None
     if micro is None:
-        raise SpecError(f"batch {config.batch} is not divisible by accum {config.accum}", Span("train", 1, 1))
+        raise SpecError(f"batch {config.batch} is not divisible by accum {config.accum}", Span("train", 0, 0))
     tokens_per_step = task.tokens(config.batch)
     stopped_early, overfit_step, started = False, None, time.perf_counter()
     completed = saved_step = start
@@ -330,7 +330,7 @@ def _parallel(module, config: TrainConfig):
 
 
 def _check_resumable(state: dict, run: Run) -> None:
-    where = Span(str(run.out), 1, 1)
+    where = Span(str(run.out), 0, 0)
     if state["spec_hash"] != run.spec_hash:
         raise SpecError(f"{run.out} was trained from a different spec (its source changed)", where,
                         hint="resume with the spec the run started from (saved as spec.spec in the run)")

@@ -18,7 +18,7 @@ from .loop import _context, loads_for_run
 def load_run(run_dir: str | Path, which: str = "best"):
     """(module in eval mode, tokenizer, context) of a run directory; `which` is best or last."""
     run_dir = Path(run_dir)
-    where = Span(str(run_dir), 1, 1)
+    where = Span(str(run_dir), 0, 0)
     if not (run_dir / "run.json").is_file():
         raise SpecError(f"'{run_dir}' is not a run directory (no run.json)", where,
                         hint="pass the --out folder of `specc train`")
