@@ -269,8 +269,8 @@ def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab
 def _quantize(path: Path, kind: str, val_data, seq_bound) -> dict:
     if kind != "int8":
         raise SpecError(f"unknown quantization '{kind}': use int8", Span("--quantize", 0, 0))
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     target = path.with_name(path.stem + ".int8.onnx")
     tmp = target.with_name(f".{target.name}.tmp")
     folded = target.with_name(f".{target.name}.folded")
