@@ -25,9 +25,10 @@ MAX_BLOCK_DEPTH = 32
 MAX_INT_BITS = 256  # hyperparameter arithmetic beyond 2**256 is a mistake, not a model
 _TYPES = {"int": int, "float": float, "bool": bool, "string": str}
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "string"}
-UNIVERSAL_ARGS = ("frozen",)
+UNIVERSAL_ARGS = ("frozen",)  # accepted by every layer: `frozen = true` makes its parameters non-trainable
+# The language's keywords: not hyperparameter names.
 RESERVED = frozenset(("true", "false", "and", "or", "not", "if", "else", "repeat", "shared", "input", "return",
-                      "assert", "use", "param", "preset", "block", "model", "train"))  # accepted by every layer: `frozen = true` makes its parameters non-trainable
+                      "assert", "use", "param", "preset", "block", "model", "train"))
 
 
 class _Poison:

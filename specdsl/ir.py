@@ -98,8 +98,8 @@ class Model:
 
     def parameters(self) -> Iterator[tuple[str, Param, int]]:
         """Every parameter tensor as (full path, Param, multiplicity), repeats not unrolled: the path of a repeated
-        one holds `{i}` for the iteration index ({j} in a nested repeat), and multiplicity says how many tensors it stands
-        for."""
+        one holds `{i}` for the iteration index ({j} in a nested repeat), and multiplicity says how many tensors it
+        stands for."""
         yield from _walk_params(self.root, "", 1)
 
 
