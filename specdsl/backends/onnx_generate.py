@@ -98,10 +98,12 @@ class OnnxGenerator:
         rng = np.random.default_rng(seed)
         ids = list(prompt_ids)
         logits, cache = self._prefill(ids[-self.ctx:])
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             token = _choose(logits, temperature, top_k, rng)
             ids.append(token)
             yield token
+            if step == max_new_tokens - 1:
+                return  # no run for logits nobody will read
             if len(ids) > self.ctx:  # past the context: run the last ctx tokens again, as `specc sample` does
                 logits, cache = self._prefill(ids[-self.ctx:])
             else:
