@@ -240,7 +240,8 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
             optimizer.zero_grad(set_to_none=True)
             train_loss = _all_mean(total, world)
             step_times.append(time.perf_counter() - t0)
-            record = {"step": step + 1, "train_loss": train_loss, "lr": config.lr_at(step)}
+            record = {"step": step + 1, "train_loss": train_loss, "lr": config.lr_at(step),
+                      "step_s": step_times[-1]}
             done = step + 1 == config.steps
             if (step + 1) % config.eval_every == 0 or done:
                 module.eval()
