@@ -4,8 +4,8 @@ compiled spec module against.
 Same architecture as specs/nanogpt-shakespeare.spec: token + learned position embeddings, pre-LayerNorm blocks
 (x + attn(ln_1(x)), then x + mlp(ln_2(x))), causal self-attention with a fused c_attn projection and
 F.scaled_dot_product_attention(is_causal=True), an MLP c_fc -> GELU -> c_proj, a final LayerNorm and an lm_head
-tied to wte. Weights are N(0, 0.02), biases zero, norms one, and the c_proj weights (attention and MLP) N(0, 0.02 /
-sqrt(2 n_layer)): nanoGPT's initialisation, which the compiled module's init_gpt2_ also follows.
+tied to wte. Weights are N(0, 0.02), biases zero, norms one, as the compiled module's init_gpt2_ does (nanoGPT's
+extra 1/sqrt(2 n_layer) on the c_proj weights is left out in both: see init_gpt2_).
 
 Unlike nanoGPT, forward returns the logits of every position and no loss, like the compiled module.
 """
@@ -106,9 +106,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d, cfg.vocab, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg.layers) ** 0.5)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -41,7 +41,7 @@ def test_learns_on_builtin_data_and_writes_the_run(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 61))
     assert all("train_loss" in r for r in rows) and [r["step"] for r in rows if "val_loss" in r] == [20, 40, 60]
-    assert rows[-1]["val_loss"] < rows[0]["train_loss"] - 0.8  # it learns
+    assert rows[-1]["val_loss"] < rows[0]["train_loss"] - 1.0  # it learns
     assert summary["best_step"] in (20, 40, 60) and summary["best_val_loss"] == min(r["val_loss"] for r in rows
                                                                                     if "val_loss" in r)
     for folder in ("last", "best"):

@@ -105,9 +105,7 @@ class _Emitter:
         if root:
             params, defaults = self._root_inputs()
             forward = defaults + forward
-            layers = sum(times for layer, times in ir.applications(self.model.root)
-                         if KINDS[layer.kind].kv_cache_per_token(Args(layer.args)))
-            init += [f"init_gpt2_(self, layers={layers})"] + self._ties()
+            init += ["init_gpt2_(self)"] + self._ties()
         what = f"one block of a repeat: {module.body}" if module.is_repeat else f"block {module.label}"
         doc = f'    """{what}."""\n' if not root else self._root_doc()
         lines = [f"class {cls}(nn.Module):", doc, "    def __init__(self):", "        super().__init__()"]

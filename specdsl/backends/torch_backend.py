@@ -173,7 +173,7 @@ def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = tor
     with torch.device(device):
         module = SpecModule(model)
     if device.type != "meta":
-        init_gpt2_(module, layers=len(cache_slots(model)))
+        init_gpt2_(module)
     _tie(module, model)
     return module.to(dtype=dtype)
 

@@ -106,9 +106,9 @@ class TokenData:
             raise ValueError(f"the {split} split has {len(data)} tokens, fewer than a context of {ctx} + 1")
         starts = torch.randint(len(data) - ctx - 1, (batch,), generator=generator)
         starts = starts[rank::world] if world > 1 else starts
-        windows = np.stack([data[s:s + ctx + 1].astype(np.int64) for s in starts.tolist()])
-        t = torch.from_numpy(windows)
-        return t[:, :-1], t[:, 1:]
+        windows = data[starts.numpy()[:, None] + np.arange(ctx + 1)]  # one gather from the memory map
+        t = torch.from_numpy(windows.astype(np.int64))
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
 def digits_dataset(image: bool, seed: int = 0):

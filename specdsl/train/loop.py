@@ -7,6 +7,7 @@ defaults of TrainConfig (nanoGPT's shakespeare_char values where they apply). La
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -202,8 +203,8 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
         (out / "spec.spec").write_text(source, encoding="utf-8")
         (out / "run.json").write_text(json.dumps(_run_record(run, tokenizer, world), indent=1))
 
-    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                              enabled=config.dtype == "bf16")
+    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16) \
+        if config.dtype == "bf16" else contextlib.nullcontext()
     metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
     micro = config.batch // config.accum if config.batch % config.accum == 0 else None
     if micro is None:
@@ -267,6 +268,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
                 captured = checkpoint.capture(module, optimizer)  # every rank: FSDP gathers the shards
                 if rank == 0:
                     _write_metrics(metrics_file, record)
+                    metrics_file.flush()
                     if improved:
                         checkpoint.save(out / "best", module, optimizer, generator, trainer_state(step + 1),
                                         captured)
@@ -358,8 +360,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _write_metrics(f, record: dict) -> None:
+    # Buffered: flushed with each evaluation's checkpoint (a resume drops lines past the checkpoint anyway).
     f.write(json.dumps(record) + "\n")
-    f.flush()
 
 
 def _run_record(run: Run, tokenizer, world: int) -> dict:
