@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +15,7 @@ from ..errors import Span, SpecError
 
 def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: str | None,
                    quantize: str | None) -> dict:
-    console = Console(stderr=False)
+    console = Console(width=None if sys.stdout.isatty() else 120)
     weights, tokenizer, val_data = None, None, None
     if checkpoint:
         from ..train import checkpoint as ckpt
@@ -70,7 +71,7 @@ def _print_report(console: Console, r: dict) -> None:
 def inspect_command(path: str) -> None:
     from .onnx_generate import count_parameters, read_metadata
     meta = read_metadata(path)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     if "specc.version" not in meta:
         console.print(f"[yellow]{path} was not written by specc: no specc metadata[/yellow]")
     for key, value in meta.items():
