@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +14,7 @@ from ..errors import Span, SpecError
 
 def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: str | None,
                    quantize: str | None) -> dict:
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(soft_wrap=True)  # paths and figures stay on their lines
     weights, tokenizer, val_data = None, None, None
     if checkpoint:
         from ..train import checkpoint as ckpt
@@ -71,7 +70,7 @@ def _print_report(console: Console, r: dict) -> None:
 def inspect_command(path: str) -> None:
     from .onnx_generate import count_parameters, read_metadata
     meta = read_metadata(path)
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(soft_wrap=True)  # paths and figures stay on their lines
     if "specc.version" not in meta:
         console.print(f"[yellow]{path} was not written by specc: no specc metadata[/yellow]")
     for key, value in meta.items():
