@@ -173,3 +173,9 @@ def test_decay_groups_exclude_biases_norms_and_embeddings():
                                                                                              "wpe.weight")}
     assert {"wte.weight", "wpe.weight", "ln_f.weight", "h.0.attn.qkv.bias"} <= {names[id(p)]
                                                                                  for p in no_decay["params"]}
+
+
+def test_bidirectional_models_are_not_trained_on_next_tokens(tmp_path):
+    with pytest.raises(specdsl.SpecError, match="attends to later positions"):
+        train(str(SPECS / "bert.spec"), preset="mlm", overrides={"d": 32, "layers": 1, "heads": 2, "ctx": 16},
+              flags={**QUICK, "steps": 5, "out": str(tmp_path / "r")}, progress=False, console=_quiet())

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__, to_torch
+from .. import __version__, ir, to_torch
 from ..errors import Span, SpecError
 from ..shapes import Sym
 from .torch_backend import Decoder
@@ -34,12 +34,6 @@ TOLERANCE = 1e-4  # float32: the command fails above this
 
 class ExportError(SpecError):
     pass
-
-
-def is_language_model(model) -> bool:
-    first = model.inputs[0].type
-    return first.dtype == "int" and sum(isinstance(d, Sym) for d in first.shape) >= 2 and \
-        model.outputs[0][1].rank == 3 and not any(i.default is not None for i in model.inputs)
 
 
 @contextlib.contextmanager
@@ -165,7 +159,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
         except Exception as e:
             raise SpecError(f"checkpoint '{weights_from}' does not fit this spec: {e}", Span(str(weights_from), 0, 0),
                             hint="export with the spec (and --set values) the run was trained with") from None
-    lm = is_language_model(model)
+    lm = ir.is_language_model(model)
     names = [i.name for i in model.inputs if i.default is None]
     seq_bound = _sequence_bound(model)
     if lm:
@@ -206,7 +200,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
             raise ExportError(f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {TOLERANCE})",
                               Span(str(out), 0, 0))
         decode_path = out.with_name(out.stem + ".decode.onnx")
-        if lm and any(True for _ in Decoder(module).slots):
+        if lm and ir.is_causal(model) and Decoder(module).slots:
             report["decode"] = _export_decoder(compiled, module, tokenizer, decode_path, session, vocab, seq_bound,
                                                written)
         tmp.replace(out)

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from .. import ir, load, loads, to_torch
 from ..errors import Span, SpecError
-from ..shapes import Sym
 from . import checkpoint
 from .config import RESUME_INVARIANTS, TrainConfig, resolve_config
 from .data import TokenData, Tokenizer, builtin_text, digits_dataset
@@ -70,11 +69,6 @@ class Classification:
         logits = module(x).float()
         return {"loss": F.cross_entropy(logits, y).item(),
                 "accuracy": (logits.argmax(-1) == y).float().mean().item()}
-
-
-def _is_language_model(model: ir.Model) -> bool:
-    first = model.inputs[0].type
-    return first.dtype == "int" and sum(isinstance(d, Sym) for d in first.shape) >= 2
 
 
 def _context(model: ir.Model) -> int:
@@ -151,7 +145,11 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
     run = Run(str(spec_path), source, preset, overrides, config, out)
 
     # ---- data, and the vocabulary it implies ----
-    if _is_language_model(probe.model):
+    if ir.is_language_model(probe.model):
+        if not ir.is_causal(probe.model):
+            raise SpecError(f"'{probe.name}' attends to later positions (causal = false): next-token training "
+                            "would let it read the answer", probe.model.inputs[0].span,
+                            hint="specc train trains causal language models and classifiers")
         text = Path(config.data).read_text(encoding="utf-8") if config.data else builtin_text()
         tokenizer = Tokenizer.fit(config.tokenizer, text)
         if "vocab" in probe.model.hyperparameters and "vocab" not in overrides:
