@@ -50,6 +50,7 @@ class ModuleStats:
     count: int = 1
     shared: bool = False
     children: list[ModuleStats] = field(default_factory=list)
+    tied: bool = False  # a layer whose weight is another layer's (it counts zero, but is worth showing)
 
     @property
     def params_each(self) -> int:
@@ -76,11 +77,11 @@ def _layer_stats(layer: ir.Layer, path: str) -> ModuleStats:
     active_all = kind.active_params(a)
     active = total if active_all is None else total - (kind.param_count(a) - active_all)
     description = layer.description
-    for p in layer.params:
-        if p.tied_to is not None:
-            description += f", {p.name} tied to {p.tied_to}"
+    tied = [p for p in layer.params if p.tied_to is not None]
+    for p in tied:
+        description += f", {p.name} tied to {p.tied_to}"
     return ModuleStats(layer.name, path, layer.kind, description, total, trainable, embedding, active,
-                       kind.flops(a, layer.input), kind.kv_cache_per_token(a))
+                       kind.flops(a, layer.input), kind.kv_cache_per_token(a), tied=bool(tied))
 
 
 def _module_stats(module: ir.Module, path: str) -> ModuleStats:

@@ -98,9 +98,7 @@ def train_cmd(
     if nproc > 1:
         import os
         import subprocess
-        argv = [a for a in sys.argv[1:]]
-        i = argv.index("--nproc")
-        del argv[i:i + 2]
+        argv = _without_option(sys.argv[1:], "--nproc")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "specdsl.cli"] + argv
         raise typer.Exit(subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
@@ -116,6 +114,19 @@ def train_cmd(
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(EXIT_SPEC_ERROR) from None
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """argv less `name VALUE` and `name=VALUE`: the workers torchrun starts must not start workers again."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 @app.command("sample")

@@ -272,15 +272,22 @@ class Elaborator:
             self.fail(f"'{name}' is declared {type_name} but its value {value!r} is {_type_name(value)}", span)
         return value
 
-    def check_assert(self, a: S.Assert, scope: _Scope) -> None:
+    def condition(self, expr, scope: _Scope, what: str, span: Span) -> bool | None:
+        """A compile-time true/false (`assert`, `if`), or None when it failed (and was reported)."""
         try:
-            ok = self.eval_scalar(a.condition, scope)
+            value = self.eval_scalar(expr, scope)
         except _Abort:
-            return
-        if isinstance(ok, _Poison):
-            return
-        if not isinstance(ok, bool):
-            self.record(SpecError(f"assert needs a true/false condition, got {_type_name(ok)}", a.span))
+            return None
+        if isinstance(value, _Poison):
+            return None
+        if not isinstance(value, bool):
+            self.record(SpecError(f"{what} needs a true/false condition, got {_type_name(value)} {value!r}", span))
+            return None
+        return value
+
+    def check_assert(self, a: S.Assert, scope: _Scope) -> None:
+        ok = self.condition(a.condition, scope, "assert", a.span)
+        if ok is None:
             return
         if not ok:
             names = sorted({n.id for n in _names_in(a.condition) if n.id in scope.values})
@@ -758,15 +765,8 @@ class Elaborator:
             if not isinstance(stmt, S.If):
                 yield stmt
                 continue
-            try:
-                cond = self.eval_scalar(stmt.condition, scope)
-            except _Abort:
-                continue
-            if isinstance(cond, _Poison):
-                continue
-            if not isinstance(cond, bool):
-                self.record(SpecError(f"`if` needs a true/false condition, got {_type_name(cond)} {cond!r}",
-                                      stmt.condition.span))
+            cond = self.condition(stmt.condition, scope, "`if`", stmt.condition.span)
+            if cond is None:
                 continue
             yield from self._statements(stmt.then if cond else stmt.otherwise, scope)
 

@@ -40,7 +40,7 @@ def human_bytes(n: int | float) -> str:
 
 def _rows(table: Table, node: ModuleStats, total: int, depth: int, in_repeat: bool = False) -> None:
     for child in node.children:
-        if child.params == 0 and not child.children and "tied to" not in child.description:
+        if child.params == 0 and not child.children and not child.tied:
             continue
         indent = "  " * depth + ("└ " if depth else "")
         # Inside a repeat the rows are one iteration's: a share of the whole would mislead.
