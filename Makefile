@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/compile_speed.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/shakespeare.py
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info runs

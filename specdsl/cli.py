@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from typing import Optional
 
 import typer
 
 from . import __version__
+from .context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES
 from .errors import SpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -129,6 +131,14 @@ def _without_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
+Overflow = Enum("Overflow", {p: p for p in OVERFLOW_POLICIES}, type=str)  # choices that typer checks
+
+
+OVERFLOW_HELP = ("Once the text outgrows the context: 'shift' keeps the last ctx/2 tokens and goes on with the "
+                 "cache (llama.cpp's context shift); 'slide' runs the last ctx tokens for every new token (nanoGPT's "
+                 "generate: no cache can help past the context).")
+
+
 @app.command("sample")
 def sample_cmd(
     run_dir: str = typer.Argument(..., help="A run directory of `specc train`."),
@@ -137,6 +147,7 @@ def sample_cmd(
     temperature: float = typer.Option(0.8, "--temperature", help="0 is greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k most likely tokens."),
     seed: int = typer.Option(0, "--seed"),
+    overflow: Overflow = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP),
 ) -> None:
     """Generate text from a trained run with PyTorch, streaming tokens as they come."""
     try:
@@ -149,7 +160,7 @@ def sample_cmd(
         print(f"error: the prompt has {e}", file=sys.stderr)
         raise typer.Exit(EXIT_SPEC_ERROR) from None
     sys.stdout.write(prompt)
-    for token in generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed):
+    for token in generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed, overflow.value):
         sys.stdout.write(tokenizer.decode([token]))
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -194,6 +205,7 @@ def generate_cmd(
     temperature: float = typer.Option(0.8, "--temperature", help="0 is greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k"),
     seed: int = typer.Option(0, "--seed"),
+    overflow: Overflow = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP),
 ) -> None:
     """Generate text on onnxruntime with the KV cache, streaming tokens as they come."""
     try:
@@ -203,7 +215,7 @@ def generate_cmd(
     except SpecError as e:
         _fail(e)
     sys.stdout.write(prompt)
-    for token in generator.generate(ids, max_new_tokens, temperature, top_k, seed):
+    for token in generator.generate(ids, max_new_tokens, temperature, top_k, seed, overflow.value):
         sys.stdout.write(generator.tokenizer.decode([token]))
         sys.stdout.flush()
     sys.stdout.write("\n")

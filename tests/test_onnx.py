@@ -90,14 +90,33 @@ def test_metadata_round_trip_and_inspect(tmp_path, trained, specc_cmd):
     assert (tmp_path / "m.int8.onnx").stat().st_size < out.stat().st_size / 2
 
 
-def test_generate_on_onnxruntime_equals_sample_in_pytorch(tmp_path, trained):
+@pytest.mark.parametrize("overflow, window_runs", [("slide", 28), ("shift", 4)])
+def test_generate_on_onnxruntime_equals_sample_in_pytorch(tmp_path, trained, overflow, window_runs):
     from specdsl.train.sample import generate, load_run
     onnx_export.export(*_from_run(trained), tmp_path / "m.onnx", **_kw(trained))
     module, tokenizer, ctx = load_run(trained)
     prompt = tokenizer.encode("the ")
-    ours = list(generate(module, prompt, 40, ctx, temperature=0))  # 40 > ctx 16: past the context too
-    onnx = list(OnnxGenerator(tmp_path / "m.onnx").generate(prompt, 40, temperature=0))
+    ours = list(generate(module, prompt, 40, ctx, temperature=0, overflow=overflow))  # 4 + 40 > ctx 16
+    generator = OnnxGenerator(tmp_path / "m.onnx")
+    prefill, runs = generator._prefill, []
+    generator._prefill = lambda ids: runs.append(len(ids)) or prefill(ids)
+    onnx = list(generator.generate(prompt, 40, temperature=0, overflow=overflow))
     assert onnx == ours
+    # slide: the prompt, then the whole window for each of the 27 tokens past it (the last token needs no run);
+    # shift: the prompt, then the last ctx/2 tokens each time the window overflows (at lengths 17, 26 and 35)
+    assert len(runs) == window_runs
+    assert runs[1:] == ([ctx] * 27 if overflow == "slide" else [ctx // 2] * 3)
+
+
+def test_overflow_windows_stay_within_the_context():
+    from specdsl.context_window import prompt_start, window_start
+    for policy, expected in [("slide", [0, 0, 1, 2, 3, 4, 5]), ("shift", [0, 0, 3, 3, 3, 6, 6])]:
+        start, starts = prompt_start(2, 4), []
+        for length in range(3, 10):  # a 2-token prompt, then one token at a time, ctx 4
+            starts.append(start := window_start(start, length, 4, policy))
+            assert 4 // 2 <= length - start <= 4 or length <= 4
+        assert starts == expected
+    assert prompt_start(10, 4) == 6  # a prompt longer than the context: its last ctx tokens, whatever the policy
 
 
 def _from_run(run):
@@ -134,6 +153,10 @@ def test_bad_inputs_are_clear_errors(tmp_path, trained, specc_cmd):
     bad_prompt = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--prompt", "Q@Z"],
                                 capture_output=True, text=True)
     assert bad_prompt.returncode == 2 and "outside the vocabulary" in bad_prompt.stderr
+    bad_policy = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--overflow", "wrap"],
+                                capture_output=True, text=True)
+    assert bad_policy.returncode == 2 and "'wrap' is not one of" in bad_policy.stderr and "Traceback" not in \
+        bad_policy.stderr
     not_onnx = tmp_path / "junk.onnx"
     not_onnx.write_bytes(b"garbage")
     junk = subprocess.run(specc_cmd + ["inspect", str(not_onnx)], capture_output=True, text=True)

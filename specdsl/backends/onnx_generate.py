@@ -1,8 +1,9 @@
 """`specc generate` and `specc inspect`: an exported model on onnxruntime, without torch.
 
 Generation runs the decoding graph (OUT.decode.onnx) with its KV cache: the prompt in one call, then one token a
-call. Past the model's context it does what `specc sample` does: the last ctx tokens are run again as a prompt,
-so with temperature 0 both produce the same tokens.
+call. Past the model's context it follows the same rule as `specc sample` (specdsl.context_window: "slide" runs the
+last ctx tokens again for every token, "shift" keeps the last ctx/2 and goes on with the cache), so with temperature
+0 both produce the same tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..errors import Span, SpecError
 
 
@@ -94,18 +96,20 @@ class OnnxGenerator:
         return outs[0][0, -1], dict(zip(self.names, outs[1:]))
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int = 0) -> Iterator[int]:
+                 top_k: int | None = None, seed: int = 0, overflow: str = DEFAULT_OVERFLOW) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         ids = list(prompt_ids)
-        logits, cache = self._prefill(ids[-self.ctx:])
+        start = prompt_start(len(ids), self.ctx)
+        logits, cache = self._prefill(ids[start:])
         for step in range(max_new_tokens):
             token = _choose(logits, temperature, top_k, rng)
             ids.append(token)
             yield token
             if step == max_new_tokens - 1:
                 return  # no run for logits nobody will read
-            if len(ids) > self.ctx:  # past the context: run the last ctx tokens again, as `specc sample` does
-                logits, cache = self._prefill(ids[-self.ctx:])
+            moved, start = start, window_start(start, len(ids), self.ctx, overflow)
+            if start != moved:  # the window moved: positions changed, the cache is stale
+                logits, cache = self._prefill(ids[start:])
             else:
                 outs = self.session.run(None, {"tokens": np.array([[token]], dtype=np.int64), **cache})
                 logits, cache = outs[0][0, -1], dict(zip(self.names, outs[1:]))

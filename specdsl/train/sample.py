@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 from .. import to_torch
+from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..errors import Span, SpecError
 from . import checkpoint
 from .data import Tokenizer
@@ -49,14 +50,17 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gene
 
 @torch.no_grad()
 def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, temperature: float = 1.0,
-             top_k: int | None = None, seed: int = 0, step: Callable | None = None) -> Iterator[int]:
-    """Yield new token ids one by one; the context is cropped to the model's `ctx` (nanoGPT's generate)."""
+             top_k: int | None = None, seed: int = 0, overflow: str = DEFAULT_OVERFLOW) -> Iterator[int]:
+    """Yield new token ids one by one, a full forward pass over the window each (no cache: this is the reference
+    `specc generate` is checked against). Past the context, `overflow` says which tokens the model sees
+    (specdsl.context_window; "slide" is nanoGPT's generate)."""
     generator = torch.Generator().manual_seed(seed)
     ids = list(prompt_ids)
+    start = prompt_start(len(ids), ctx)
     for _ in range(max_new_tokens):
-        window = torch.tensor([ids[-ctx:]], dtype=torch.long)
-        logits = module(window)
+        logits = module(torch.tensor([ids[start:]], dtype=torch.long))
         logits = logits[0] if isinstance(logits, tuple) else logits
         token = next_token(logits[0, -1].float(), temperature, top_k, generator)
         ids.append(token)
         yield token
+        start = window_start(start, len(ids), ctx, overflow)
