@@ -130,6 +130,26 @@ def _kw(run):
     return {"weights_from": run / "best", "tokenizer": record["tokenizer"]}
 
 
+def test_masked_language_model_exports_with_its_own_objective(tmp_path, specc_cmd):
+    from rich.console import Console
+
+    from specdsl.train.loop import train
+    run = tmp_path / "bert"
+    train(str(SPECS / "bert.spec"), preset="mlm", overrides={"d": 32, "layers": 1, "heads": 2, "ffn": 64, "ctx": 16},
+          flags={"steps": 20, "batch": 8, "eval_every": 20, "eval_batches": 2, "out": str(run)}, progress=False,
+          console=Console(file=open(os.devnull, "w")))
+    out = tmp_path / "bert.onnx"
+    r = subprocess.run(specc_cmd + ["export", str(SPECS / "bert.spec"), "--onnx", "--checkpoint", str(run), "-o",
+                                    str(out), "--quantize", "int8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # the int8 report scores the run's objective, masked tokens, on its validation split
+    fp32, int8 = (float(v) for v in r.stdout.split("validation loss ")[1].split(" (")[0].split(" -> "))
+    assert 2.0 < fp32 < 4.0 and abs(int8 - fp32) < 0.1
+    assert not (tmp_path / "bert.decode.onnx").exists()  # no cache for a model that attends both ways
+    refused = subprocess.run(specc_cmd + ["generate", str(out)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "masked language model" in refused.stderr
+
+
 def test_bad_inputs_are_clear_errors(tmp_path, trained, specc_cmd):
     spec = str(SPECS / "nanogpt-shakespeare.spec")
 

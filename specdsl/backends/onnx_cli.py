@@ -15,10 +15,9 @@ from ..errors import Span, SpecError
 def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: str | None,
                    quantize: str | None) -> dict:
     console = Console(soft_wrap=True)  # paths and figures stay on their lines
-    weights, tokenizer, val_data = None, None, None
+    weights, tokenizer, val_folder, val_task = None, None, None, None
     if checkpoint:
         from ..train import checkpoint as ckpt
-        from ..train.data import TokenData
         run = Path(checkpoint)
         where = Span(str(run), 0, 0)
         if not (run / "run.json").is_file():
@@ -36,14 +35,18 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
         preset = preset or record.get("preset")
         tokenizer = record.get("tokenizer")
         if (run / "data" / "val.bin").is_file():
-            val_data = TokenData(run / "data")
+            val_folder = run / "data"
     compiled = load(spec, preset=preset, overrides=overrides)
+    if val_folder is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
+        from ..train.data import TokenData, Tokenizer
+        from ..train.loop import _context, language_task
+        val_task = language_task(TokenData(val_folder), Tokenizer.from_json(tokenizer), _context(compiled.model), 0)
     if weights is None:
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
     from .onnx_export import export
     with console.status("exporting and checking with onnxruntime"):
         report = export(compiled, output, weights_from=weights, tokenizer=tokenizer, quantize=quantize,
-                        val_data=val_data)
+                        val_task=val_task)
     _print_report(console, report)
     return report
 

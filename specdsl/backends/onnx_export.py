@@ -27,6 +27,7 @@ import torch
 from .. import __version__, ir, to_torch
 from ..errors import Span, SpecError
 from ..shapes import Sym
+from ..train.data import IGNORE
 from .torch_backend import Decoder
 
 TOLERANCE = 1e-4  # float32: the command fails above this
@@ -145,7 +146,7 @@ def _first(out):
 
 
 def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, tokenizer: dict | None = None,
-           quantize: str | None = None, val_data=None) -> dict:
+           quantize: str | None = None, val_task=None) -> dict:
     """Export, check and compare. Returns the report; raises ExportError (leaving no file) on a mismatch."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +216,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
             path.unlink(missing_ok=True)
     report["bytes"] = out.stat().st_size
     if quantize:
-        report["quantized"] = _quantize(out, quantize, val_data, seq_bound)
+        report["quantized"] = _quantize(out, quantize, val_task)
     return report
 
 
@@ -260,7 +261,7 @@ def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab
     return {"cache_vs_full_max_abs_diff": diff, "layers": len(slots)}
 
 
-def _quantize(path: Path, kind: str, val_data, seq_bound) -> dict:
+def _quantize(path: Path, kind: str, val_task) -> dict:
     if kind != "int8":
         raise SpecError(f"unknown quantization '{kind}': use int8", Span("--quantize", 0, 0))
     import onnxruntime as ort
@@ -282,18 +283,21 @@ def _quantize(path: Path, kind: str, val_data, seq_bound) -> dict:
         folded.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     report = {"file": str(target), "bytes": target.stat().st_size, "fp32_bytes": path.stat().st_size}
-    if val_data is not None and seq_bound:  # a language model trained on text: the loss on its validation split
+    if val_task is not None:  # a language model trained on text: its training objective on the validation split
         losses = {}
         for name, p in (("fp32", path), ("int8", target)):
             session = _session(p)
             gen = torch.Generator().manual_seed(7)
             total = []
             for _ in range(8):
-                x, y = val_data.batch("val", 8, seq_bound, gen)
+                x, y = val_task.batch("val", 8, gen)
                 logits = session.run(None, {"tokens": x.numpy()})[0]
                 z = logits - logits.max(-1, keepdims=True)
                 logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-                total.append(-np.take_along_axis(logp, y.numpy()[..., None], -1).mean())
+                y = y.numpy()
+                scored = y != IGNORE  # every position for next-token models; the masked ones for BERT
+                picked = np.take_along_axis(logp, np.where(scored, y, 0)[..., None], -1)[..., 0]
+                total.append(-picked[scored].mean())
             losses[name] = float(np.mean(total))
         report["val_loss"] = losses
         report["val_loss_change"] = losses["int8"] - losses["fp32"]

@@ -73,6 +73,10 @@ class OnnxGenerator:
             decode = path
         else:
             decode = path.with_name(path.stem + ".decode.onnx")
+        if json.loads(meta.get("specc.tokenizer") or "{}").get("mask"):
+            raise SpecError(f"'{path}' is a masked language model: it fills in [MASK] tokens from both sides and "
+                            "does not continue text", Span(str(path), 0, 0),
+                            hint="generate with a causal model (GPT, LLaMA, nanoGPT)")
         if not decode.is_file():
             raise SpecError(f"no decoding graph beside '{path}' (expected '{decode.name}')", Span(str(path), 0, 0),
                             hint="export a language model with `specc export ... --onnx`")

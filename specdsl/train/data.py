@@ -19,22 +19,33 @@ TRAIN_FRACTION = 0.9  # nanoGPT's prepare.py
 
 @dataclass(frozen=True)
 class Tokenizer:
-    """`char`: the sorted characters of the data (nanoGPT's shakespeare_char); `byte`: the 256 byte values."""
+    """`char`: the sorted characters of the data (nanoGPT's shakespeare_char); `byte`: the 256 byte values.
+    `mask`: one more id after the data's, [MASK], for masked-language-model training (BERT)."""
 
     kind: str
     chars: str = ""
+    mask: bool = False
 
     @classmethod
-    def fit(cls, kind: str, text: str) -> Tokenizer:
+    def fit(cls, kind: str, text: str, mask: bool = False) -> Tokenizer:
         if kind == "byte":
-            return cls("byte")
+            return cls("byte", mask=mask)
         if kind == "char":
-            return cls("char", "".join(sorted(set(text))))
+            return cls("char", "".join(sorted(set(text))), mask)
         raise ValueError(f"unknown tokenizer '{kind}': use char or byte")
 
     @property
-    def vocab_size(self) -> int:
+    def data_size(self) -> int:
+        """Ids that stand for text (the mask id comes after them)."""
         return 256 if self.kind == "byte" else len(self.chars)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.data_size + self.mask
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.data_size if self.mask else None
 
     def encode(self, text: str) -> list[int]:
         if self.kind == "byte":
@@ -46,16 +57,40 @@ class Tokenizer:
         return [index[c] for c in text]
 
     def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if self.mask and self.mask_id in ids:
+            return "".join("[MASK]" if i == self.mask_id else self.decode([i]) for i in ids)
         if self.kind == "byte":
-            return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-        return "".join(self.chars[int(i)] for i in ids)
+            return bytes(ids).decode("utf-8", errors="replace")
+        return "".join(self.chars[i] for i in ids)
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "chars": self.chars}
+        return {"kind": self.kind, "chars": self.chars, **({"mask": True} if self.mask else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> Tokenizer:
-        return cls(data["kind"], data.get("chars", ""))
+        return cls(data["kind"], data.get("chars", ""), bool(data.get("mask", False)))
+
+
+# BERT's masking (Devlin et al. 2019, section 3.1 and appendix A.1; Hugging Face's
+# DataCollatorForLanguageModeling does the same): 15% of the positions are predicted; of those, 80% are replaced by
+# [MASK], 10% by a random token and 10% kept as they are.
+MASK_FRACTION, MASK_REPLACED, MASK_RANDOM = 0.15, 0.8, 0.1
+IGNORE = -100  # the target of a position that is not predicted (torch's cross_entropy default ignore_index)
+
+
+def mask_tokens(x: torch.Tensor, tokenizer: Tokenizer, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) for masked-language-model training: targets are the original ids at the chosen positions
+    and IGNORE elsewhere. Every draw comes from `generator`, so a resumed run masks the same way."""
+    chosen = torch.rand(x.shape, generator=generator) < MASK_FRACTION
+    if not chosen.any():  # a tiny batch may draw none: predict one position rather than average over nothing
+        chosen.view(-1)[0] = True
+    action = torch.rand(x.shape, generator=generator)
+    random_ids = torch.randint(tokenizer.data_size, x.shape, generator=generator)
+    inputs = torch.where(chosen & (action < MASK_REPLACED), tokenizer.mask_id, x)
+    inputs = torch.where(chosen & (action >= MASK_REPLACED) & (action < MASK_REPLACED + MASK_RANDOM), random_ids,
+                         inputs)
+    return inputs, torch.where(chosen, x, IGNORE)
 
 
 def builtin_text(seed: int = 0, sentences: int = 12000) -> str:

@@ -23,7 +23,7 @@ from .. import ir, load, loads, to_torch
 from ..errors import Span, SpecError
 from . import checkpoint
 from .config import RESUME_INVARIANTS, TrainConfig, resolve_config
-from .data import TokenData, Tokenizer, builtin_text, digits_dataset
+from .data import IGNORE, TokenData, Tokenizer, builtin_text, digits_dataset, mask_tokens
 
 # ---- tasks: what a batch is, what the loss is ----
 
@@ -46,6 +46,34 @@ class LanguageModelling:
         gen = torch.Generator().manual_seed(seed)
         losses = [self.loss(module, *self.batch(split, size, gen)).item() for _ in range(batches)]
         return {"loss": sum(losses) / len(losses)}
+
+
+class MaskedLanguageModelling(LanguageModelling):
+    """BERT's objective: windows of ctx tokens, 15% of them chosen and mostly replaced by [MASK]; the loss is on the
+    chosen positions only (data.mask_tokens)."""
+
+    def batch(self, split, size, generator, rank=0, world=1):
+        x, _ = self.data.batch(split, size, self.ctx, generator)  # the global batch, so every rank masks the same
+        x, y = mask_tokens(x, self.tokenizer, generator)
+        return (x[rank::world], y[rank::world]) if world > 1 else (x, y)
+
+    def metrics(self, module, split, batches, size, seed):
+        gen = torch.Generator().manual_seed(seed)
+        losses, right, total = [], 0, 0
+        for _ in range(batches):
+            x, y = self.batch(split, size, gen)
+            logits = module(x)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            chosen = y != IGNORE
+            losses.append(F.cross_entropy(logits[chosen].float(), y[chosen]).item())
+            right += int((logits[chosen].argmax(-1) == y[chosen]).sum())
+            total += int(chosen.sum())
+        return {"loss": sum(losses) / len(losses), "accuracy": right / total}
+
+
+def language_task(data: TokenData, tokenizer: Tokenizer, ctx: int, vocab: int) -> LanguageModelling:
+    """Next-token prediction, or masked tokens when the tokenizer has a [MASK] id (a bidirectional model)."""
+    return (MaskedLanguageModelling if tokenizer.mask else LanguageModelling)(data, tokenizer, ctx, vocab)
 
 
 class Classification:
@@ -146,23 +174,22 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
 
     # ---- data, and the vocabulary it implies ----
     if ir.is_language_model(probe.model):
-        if not ir.is_causal(probe.model):
-            raise SpecError(f"'{probe.name}' attends to later positions (causal = false): next-token training "
-                            "would let it read the answer", probe.model.inputs[0].span,
-                            hint="specc train trains causal language models and classifiers")
+        # A model that attends to later positions would read the next token: it learns masked tokens instead.
+        masked = not ir.is_causal(probe.model)
         text = Path(config.data).read_text(encoding="utf-8") if config.data else builtin_text()
-        tokenizer = Tokenizer.fit(config.tokenizer, text)
+        tokenizer = Tokenizer.fit(config.tokenizer, text, mask=masked)
         if "vocab" in probe.model.hyperparameters and "vocab" not in overrides:
             overrides["vocab"] = tokenizer.vocab_size  # the data decides the vocabulary, as nanoGPT's meta.pkl
         compiled = load(spec_path, preset=preset, overrides=overrides)
         vocab = compiled.model.outputs[0][1].shape[-1]
         if vocab < tokenizer.vocab_size:
-            raise SpecError(f"the data has {tokenizer.vocab_size} distinct tokens but the model's vocabulary is "
-                            f"{vocab}", compiled.model.inputs[0].span, hint="--set vocab=... or drop the override")
+            needs = f"{tokenizer.data_size} distinct tokens" + (" and [MASK]" if masked else "")
+            raise SpecError(f"the data has {needs} but the model's vocabulary is {vocab}",
+                            compiled.model.inputs[0].span, hint="--set vocab=... or drop the override")
         if rank == 0:
             TokenData.prepare(text, tokenizer, out / "data") if not (resume and (out / "data").exists()) else None
         _barrier(world)
-        task = LanguageModelling(TokenData(out / "data"), tokenizer, _context(compiled.model), vocab)
+        task = language_task(TokenData(out / "data"), tokenizer, _context(compiled.model), vocab)
     else:
         compiled = probe
         tokenizer = None
@@ -393,7 +420,10 @@ def _print_settings(console, compiled, config: TrainConfig, run: Run, tokenizer,
     if run.overrides:
         table.add_row("--set", ", ".join(f"{k}={v}" for k, v in run.overrides.items()))
     if tokenizer:
-        table.add_row("vocabulary", f"{tokenizer.vocab_size} ({tokenizer.kind})")
+        table.add_row("vocabulary", f"{tokenizer.vocab_size} ({tokenizer.kind}" + (" + [MASK]" if tokenizer.mask
+                                                                                   else "") + ")")
+        table.add_row("objective", "masked tokens (15%: 80% [MASK], 10% random, 10% kept; BERT)" if tokenizer.mask
+                      else "next token")
     table.add_row("processes", str(world))
     table.add_row("run directory", str(run.out))
     console.print(table)

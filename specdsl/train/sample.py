@@ -29,6 +29,9 @@ def load_run(run_dir: str | Path, which: str = "best"):
     compiled, record = loads_for_run(run_dir)
     if record.get("tokenizer") is None:
         raise SpecError(f"'{run_dir}' holds a classifier: there is no text to sample", where)
+    if record["tokenizer"].get("mask"):
+        raise SpecError(f"'{run_dir}' holds a masked language model: it fills in [MASK] tokens from both sides and "
+                        "does not continue text", where, hint="sample a causal model (GPT, LLaMA, nanoGPT)")
     module = to_torch(compiled).eval()
     try:
         checkpoint.load_weights_into(module, folder)
