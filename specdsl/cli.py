@@ -12,7 +12,7 @@ import typer
 
 from . import __version__
 from .context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES
-from .errors import SpecError
+from .errors import Span, SpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="specc: compile declarative model specs to exact counts, PyTorch and ONNX.")
@@ -139,21 +139,37 @@ OVERFLOW_HELP = ("Once the text outgrows the context: 'shift' keeps the last ctx
                  "generate: no cache can help past the context).")
 
 
+# The options `specc sample` and `specc generate` share; typer checks the bounds (a usage error, exit 2).
+PROMPT = typer.Option("\n", "--prompt", help="Text to continue (at least one token).")
+MAX_NEW_TOKENS = typer.Option(200, "--max-new-tokens", min=0, help="Tokens to generate.")
+TEMPERATURE = typer.Option(0.8, "--temperature", min=0.0, help="0 is greedy.")
+TOP_K = typer.Option(None, "--top-k", min=0, help="Sample among the k most likely tokens (0: all).")
+SEED = typer.Option(0, "--seed")
+OVERFLOW = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP)
+
+
+def _prompt_ids(ids: list[int]) -> list[int]:
+    if not ids:
+        raise SpecError("the prompt is empty: a model needs at least one token to continue", Span("--prompt", 0, 0),
+                        hint="the default prompt is a newline")
+    return ids
+
+
 @app.command("sample")
 def sample_cmd(
     run_dir: str = typer.Argument(..., help="A run directory of `specc train`."),
-    prompt: str = typer.Option("\n", "--prompt", help="Text to continue."),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Tokens to generate."),
-    temperature: float = typer.Option(0.8, "--temperature", help="0 is greedy."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k most likely tokens."),
-    seed: int = typer.Option(0, "--seed"),
-    overflow: Overflow = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP),
+    prompt: str = PROMPT,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_k: Optional[int] = TOP_K,
+    seed: int = SEED,
+    overflow: Overflow = OVERFLOW,
 ) -> None:
     """Generate text from a trained run with PyTorch, streaming tokens as they come."""
     try:
         from .train.sample import generate, load_run
         module, tokenizer, ctx = load_run(run_dir)
-        ids = tokenizer.encode(prompt)
+        ids = _prompt_ids(tokenizer.encode(prompt))
     except SpecError as e:
         _fail(e)
     except ValueError as e:
@@ -200,18 +216,18 @@ def inspect_cmd(path: str = typer.Argument(..., help="An ONNX file written by `s
 @app.command("generate")
 def generate_cmd(
     path: str = typer.Argument(..., help="An ONNX file written by `specc export --checkpoint`."),
-    prompt: str = typer.Option("\n", "--prompt", help="Text to continue."),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
-    temperature: float = typer.Option(0.8, "--temperature", help="0 is greedy."),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    seed: int = typer.Option(0, "--seed"),
-    overflow: Overflow = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP),
+    prompt: str = PROMPT,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_k: Optional[int] = TOP_K,
+    seed: int = SEED,
+    overflow: Overflow = OVERFLOW,
 ) -> None:
     """Generate text on onnxruntime with the KV cache, streaming tokens as they come."""
     try:
         from .backends.onnx_generate import OnnxGenerator
         generator = OnnxGenerator(path)
-        ids = generator.tokenizer.encode(prompt)
+        ids = _prompt_ids(generator.tokenizer.encode(prompt))
     except SpecError as e:
         _fail(e)
     sys.stdout.write(prompt)

@@ -861,7 +861,7 @@ class Elaborator:
 
     def train_settings(self, spec: S.SpecFile, hyper: dict[str, Any]) -> dict[str, Any]:
         """The `train { ... }` section, each value checked against the setting's type (specdsl/train/config.py)."""
-        from .train.config import TrainConfig, setting_type
+        from .train.config import TrainConfig, setting_problem, setting_type
         known = TrainConfig.names()
         settings: dict[str, Any] = {}
         for section in spec.train[1:]:
@@ -885,6 +885,10 @@ class Elaborator:
                 if type(value) is not want:
                     self.record(SpecError(f"training setting '{name}' must be {_TYPE_NAMES[want]}, got "
                                           f"{_type_name(value)} {value!r}", expr.span))
+                    continue
+                problem = setting_problem(name, value)
+                if problem:
+                    self.record(SpecError(problem, expr.span))
                     continue
                 settings[name] = value
         return settings

@@ -303,7 +303,19 @@ SHAPES = [
          "a dimension must be a positive int"),
 ]
 
-CASES = SYNTAX + NAMES + ARGUMENTS + DUPLICATES + ASSERTS + SHAPES
+# The `train { ... }` section: settings checked by name, type and range (specdsl/train/config.py) at their lines.
+TRAIN = [
+    case("train-unknown-setting", PLAIN + "train { step = 10 }\n", 5, 9, "unknown training setting 'step'",
+         hint="did you mean 'steps'?"),
+    case("train-wrong-type", PLAIN + 'train { steps = "many" }\n', 5, 17, "'steps' must be int, got string 'many'"),
+    case("train-negative-lr", PLAIN + "train { lr = -0.1 }\n", 5, 14, ("'lr' must be positive", "-0.1")),
+    case("train-beta-out-of-range", PLAIN + "train { beta2 = 1.0 }\n", 5, 17, "'beta2' must be in [0, 1)"),
+    case("train-unknown-tokenizer", PLAIN + 'train { tokenizer = "word" }\n', 5, 21,
+         "'tokenizer' must be char or byte"),
+    case("train-setting-twice", PLAIN + "train { steps = 1, steps = 2 }\n", 5, 20, "'steps' is given twice"),
+]
+
+CASES = SYNTAX + NAMES + ARGUMENTS + DUPLICATES + ASSERTS + SHAPES + TRAIN
 
 # Lark's vocabulary, which must never reach a user: anonymous terminals, token reprs, end-of-input, rule and
 # terminal names (RPAR, LBRACE, NAME...). A word the user typed may be echoed back; one they didn't is a leak.

@@ -173,6 +173,12 @@ def test_bad_inputs_are_clear_errors(tmp_path, trained, specc_cmd):
     bad_prompt = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--prompt", "Q@Z"],
                                 capture_output=True, text=True)
     assert bad_prompt.returncode == 2 and "outside the vocabulary" in bad_prompt.stderr
+    empty = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--prompt", ""], capture_output=True,
+                           text=True)
+    assert empty.returncode == 2 and "the prompt is empty" in empty.stderr and "Traceback" not in empty.stderr
+    negative = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--temperature", "-1"],
+                              capture_output=True, text=True)
+    assert negative.returncode == 2 and "--temperature" in negative.stderr
     bad_policy = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--overflow", "wrap"],
                                 capture_output=True, text=True)
     assert bad_policy.returncode == 2 and "'wrap' is not one of" in bad_policy.stderr and "Traceback" not in \

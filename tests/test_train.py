@@ -55,6 +55,25 @@ def test_learns_on_builtin_data_and_writes_the_run(tmp_path):
     assert (tmp_path / "r" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_spec_train_section_sets_defaults_and_flags_override_it(tmp_path):
+    spec = tmp_path / "nano.spec"
+    spec.write_text((SPECS / "nanogpt-shakespeare.spec").read_text()
+                    + "train { steps = 6, batch = 4, eval_every = 3, eval_batches = 1, warmup = 2, lr = 2e-3 }\n")
+
+    def config(out, **flags):
+        summary = train(str(spec), overrides=TINY, flags={"out": str(out), **flags}, progress=False,
+                        console=_quiet())
+        return summary, json.loads((out / "run.json").read_text())["config"]
+
+    summary, settings = config(tmp_path / "a")
+    assert summary["steps"] == 6 and (settings["batch"], settings["lr"], settings["warmup"]) == (4, 2e-3, 2)
+    summary, settings = config(tmp_path / "b", steps=3, lr=5e-4)
+    assert summary["steps"] == 3 and (settings["batch"], settings["lr"]) == (4, 5e-4)  # flags win, the rest stays
+    with pytest.raises(specdsl.SpecError, match="'lr' must be positive") as bad_flag:
+        config(tmp_path / "c", lr=-1.0)
+    assert bad_flag.value.errors[0].span.file == "--lr"
+
+
 def test_same_seed_same_run(tmp_path):
     run(tmp_path / "a", 15, sets={**TINY, "dropout": 0.1})
     run(tmp_path / "b", 15, sets={**TINY, "dropout": 0.1})

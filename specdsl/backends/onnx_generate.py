@@ -103,6 +103,8 @@ class OnnxGenerator:
                  top_k: int | None = None, seed: int = 0, overflow: str = DEFAULT_OVERFLOW) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         ids = list(prompt_ids)
+        if not ids:
+            raise ValueError("an empty prompt: a model needs at least one token to continue")
         start = prompt_start(len(ids), self.ctx)
         logits, cache = self._prefill(ids[start:])
         for step in range(max_new_tokens):

@@ -49,6 +49,29 @@ class TrainConfig:
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.lr - min_lr)
 
 
+# The range of each setting that has one: (test, what it must be). One table for the spec's train section (checked
+# with the spec's line) and for the command-line flags.
+_RANGES = {
+    **{name: (lambda v: v >= 1, "at least 1") for name in ("steps", "batch", "accum", "eval_every", "eval_batches",
+                                                             "decay_steps")},
+    **{name: (lambda v: v >= 0, "at least 0") for name in ("warmup", "patience", "min_lr", "weight_decay",
+                                                             "grad_clip", "aux_loss")},
+    "lr": (lambda v: v > 0, "positive"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "dtype": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    "tokenizer": (lambda v: v in ("char", "byte"), "char or byte"),
+}
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """Why a setting's value is out of range, or None."""
+    if value is None or name not in _RANGES:
+        return None
+    test, what = _RANGES[name]
+    return None if test(value) else f"training setting '{name}' must be {what}, got {value!r}"
+
+
 # Settings that must not change when a run is resumed: they change what the model or the data is.
 RESUME_INVARIANTS = ("batch", "accum", "seed", "tokenizer", "data", "dtype")
 
@@ -70,11 +93,10 @@ def resolve_config(spec_section: dict[str, Any], flags: dict[str, Any]) -> Train
             if key not in known:
                 raise SpecError(f"unknown training setting '{key}'", Span("train", 0, 0),
                                 hint=did_you_mean(key, known))
+            problem = setting_problem(key, value)
+            if problem:  # the spec's section was checked with its lines by the compiler: this is a flag
+                raise SpecError(problem, Span("--" + key.replace("_", "-"), 0, 0))
             cfg = replace(cfg, **{key: value})
-    if cfg.steps < 1 or cfg.batch < 1 or cfg.accum < 1 or cfg.eval_every < 1:
-        raise SpecError("steps, batch, accum and eval_every must be at least 1", Span("train", 0, 0))
-    if cfg.dtype not in ("fp32", "bf16"):
-        raise SpecError(f"dtype must be fp32 or bf16, got '{cfg.dtype}'", Span("train", 0, 0))
     return cfg
 
 

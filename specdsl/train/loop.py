@@ -176,7 +176,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
     if ir.is_language_model(probe.model):
         # A model that attends to later positions would read the next token: it learns masked tokens instead.
         masked = not ir.is_causal(probe.model)
-        text = Path(config.data).read_text(encoding="utf-8") if config.data else builtin_text()
+        text = _read_text(config.data) if config.data else builtin_text()
         tokenizer = Tokenizer.fit(config.tokenizer, text, mask=masked)
         if "vocab" in probe.model.hyperparameters and "vocab" not in overrides:
             overrides["vocab"] = tokenizer.vocab_size  # the data decides the vocabulary, as nanoGPT's meta.pkl
@@ -340,6 +340,18 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
         _plot(out / "metrics.jsonl", out / "loss.png", compiled.name)
         _print_summary(console, summary)
     return summary
+
+
+def _read_text(path: str) -> str:
+    where = Span("--data", 0, 0)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"no such file: '{path}'", where) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"'{path}' is not UTF-8 text (byte {e.start}): specc trains on text files", where) from None
+    except OSError as e:
+        raise SpecError(f"cannot read '{path}': {e.strerror}", where) from None
 
 
 def _barrier(world: int) -> None:

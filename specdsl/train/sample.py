@@ -59,6 +59,8 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
     (specdsl.context_window; "slide" is nanoGPT's generate)."""
     generator = torch.Generator().manual_seed(seed)
     ids = list(prompt_ids)
+    if not ids:
+        raise ValueError("an empty prompt: a model needs at least one token to continue")
     start = prompt_start(len(ids), ctx)
     for _ in range(max_new_tokens):
         logits = module(torch.tensor([ids[start:]], dtype=torch.long))
