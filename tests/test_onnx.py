@@ -173,6 +173,14 @@ def test_bad_inputs_are_clear_errors(tmp_path, trained, specc_cmd):
     bad_prompt = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--prompt", "Q@Z"],
                                 capture_output=True, text=True)
     assert bad_prompt.returncode == 2 and "outside the vocabulary" in bad_prompt.stderr
+    int4 = export("--quantize", "int4")
+    assert int4.returncode == 2 and "unknown quantization" in int4.stderr and not (tmp_path / "x.onnx").exists()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    unwritable = subprocess.run(specc_cmd + ["export", spec, "--onnx", "-o", str(blocked / "x.onnx")],
+                                capture_output=True, text=True)
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr and "Traceback" not in \
+        unwritable.stderr
     empty = subprocess.run(specc_cmd + ["generate", str(tmp_path / "ok.onnx"), "--prompt", ""], capture_output=True,
                            text=True)
     assert empty.returncode == 2 and "the prompt is empty" in empty.stderr and "Traceback" not in empty.stderr

@@ -99,6 +99,17 @@ def test_resume_refuses_another_spec_or_settings(tmp_path):
         run(tmp_path / "r", 10)
 
 
+def test_bad_data_or_run_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(specdsl.SpecError, match="cannot create the run directory"):
+        run(tmp_path / "file" / "r", 1)
+    with pytest.raises(specdsl.SpecError, match="no such file"):
+        run(tmp_path / "r", 1, data=str(tmp_path / "missing.txt"))
+    (tmp_path / "binary").write_bytes(bytes(range(256)))
+    with pytest.raises(specdsl.SpecError, match="not UTF-8 text"):
+        run(tmp_path / "r2", 1, data=str(tmp_path / "binary"))
+
+
 def test_sigkill_while_writing_a_checkpoint_loses_nothing(tmp_path, specc_cmd):
     out = tmp_path / "r"
     cmd = specc_cmd + ["train", str(SPECS / "nanogpt-shakespeare.spec"), "--out", str(out), "--steps", "40",

@@ -149,7 +149,15 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
            quantize: str | None = None, val_task=None) -> dict:
     """Export, check and compare. Returns the report; raises ExportError (leaving no file) on a mismatch."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if quantize not in (None, "int8"):  # before anything is written
+        raise SpecError(f"unknown quantization '{quantize}': use int8", Span("--quantize", 0, 0))
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:  # a folder we cannot write is found now, not after the export
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+        tmp.unlink()
+    except OSError as e:
+        raise SpecError(f"cannot write '{out}': {e.strerror}", Span(str(out), 0, 0)) from None
     model = compiled.model
     torch.manual_seed(0)
     module = to_torch(compiled).eval()
@@ -175,7 +183,6 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
     gen = torch.Generator().manual_seed(0)
     example = _sample_inputs(model, 2, min(seq_bound, 8) if seq_bound else None, vocab, gen)
     report: dict = {"file": str(out), "params": compiled.analysis.total, "checks": []}
-    tmp = out.with_name(f".{out.name}.tmp")
     written: list[Path] = []
     try:
         with _quiet(), torch.no_grad():
@@ -262,8 +269,6 @@ def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab
 
 
 def _quantize(path: Path, kind: str, val_task) -> dict:
-    if kind != "int8":
-        raise SpecError(f"unknown quantization '{kind}': use int8", Span("--quantize", 0, 0))
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     target = path.with_name(path.stem + ".int8.onnx")

@@ -171,6 +171,10 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
     config = resolve_config(probe.model.train, dict(flags or {}))
     out = Path(config.out or f"runs/{probe.model.name}")
     run = Run(str(spec_path), source, preset, overrides, config, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecError(f"cannot create the run directory '{out}': {e.strerror}", Span("--out", 0, 0)) from None
 
     # ---- data, and the vocabulary it implies ----
     if ir.is_language_model(probe.model):
