@@ -96,7 +96,8 @@ def test_generate_on_onnxruntime_equals_sample_in_pytorch(tmp_path, trained, ove
     onnx_export.export(*_from_run(trained), tmp_path / "m.onnx", **_kw(trained))
     module, tokenizer, ctx = load_run(trained)
     prompt = tokenizer.encode("the ")
-    ours = list(generate(module, prompt, 40, ctx, temperature=0, overflow=overflow))  # 4 + 40 > ctx 16
+    ours = list(generate(module, prompt, 40, ctx, temperature=0, overflow=overflow, cache=False))  # 4 + 40 > 16
+    assert list(generate(module, prompt, 40, ctx, temperature=0, overflow=overflow)) == ours  # PyTorch's cache
     generator = OnnxGenerator(tmp_path / "m.onnx")
     prefill, runs = generator._prefill, []
     generator._prefill = lambda ids: runs.append(len(ids)) or prefill(ids)

@@ -8,7 +8,8 @@ from typing import Iterator
 
 import torch
 
-from .. import to_torch
+from .. import ir, to_torch
+from ..backends.torch_backend import Decoder, cache_slots
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..errors import Span, SpecError
 from . import checkpoint
@@ -53,19 +54,29 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gene
 
 @torch.no_grad()
 def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, temperature: float = 1.0,
-             top_k: int | None = None, seed: int = 0, overflow: str = DEFAULT_OVERFLOW) -> Iterator[int]:
-    """Yield new token ids one by one, a full forward pass over the window each (no cache: this is the reference
-    `specc generate` is checked against). Past the context, `overflow` says which tokens the model sees
-    (specdsl.context_window; "slide" is nanoGPT's generate)."""
+             top_k: int | None = None, seed: int = 0, overflow: str = DEFAULT_OVERFLOW,
+             cache: bool = True) -> Iterator[int]:
+    """Yield new token ids one by one. Past the context, `overflow` says which tokens the model sees
+    (specdsl.context_window; "slide" is nanoGPT's generate). With `cache`, a causal model keeps its keys and values
+    between calls (Decoder) and runs its window again only when the window moves; without, every token is a full
+    forward pass over the window (nanoGPT's generate), the reference the tests hold the cache to."""
     generator = torch.Generator().manual_seed(seed)
     ids = list(prompt_ids)
     if not ids:
         raise ValueError("an empty prompt: a model needs at least one token to continue")
-    start = prompt_start(len(ids), ctx)
+    decoder = Decoder(module) if cache and ir.is_causal(module.spec) and cache_slots(module.spec) else None
+    start, past = prompt_start(len(ids), ctx), None
     for _ in range(max_new_tokens):
-        logits = module(torch.tensor([ids[start:]], dtype=torch.long))
-        logits = logits[0] if isinstance(logits, tuple) else logits
+        if decoder is None:
+            logits = module(torch.tensor([ids[start:]], dtype=torch.long))
+            logits = logits[0] if isinstance(logits, tuple) else logits
+        elif past is None:  # the window (re)starts: run it whole
+            logits, *past = decoder(torch.tensor([ids[start:]], dtype=torch.long), *decoder.empty_cache(1))
+        else:
+            logits, *past = decoder(torch.tensor([ids[-1:]], dtype=torch.long), *past)
         token = next_token(logits[0, -1].float(), temperature, top_k, generator)
         ids.append(token)
         yield token
-        start = window_start(start, len(ids), ctx, overflow)
+        moved, start = start, window_start(start, len(ids), ctx, overflow)
+        if start != moved:  # new positions for every token: the cache is stale
+            past = None
