@@ -137,6 +137,7 @@ class Elaborator:
         self._seen: set[tuple[str, str]] = set()
         self.blocks: dict[str, S.BlockDef] = {}
         self.call_stack: list[tuple[str, Span]] = []
+        self._read: set[str] = set()  # refs of tensor values some expression has read (unused-value check)
 
     # ---- errors ----
     def record(self, err: SpecError) -> None:
@@ -310,7 +311,10 @@ class Elaborator:
             return expr.value
         if isinstance(expr, S.Name):
             if expr.id in scope.values:
-                return scope.values[expr.id]
+                value = scope.values[expr.id]
+                if isinstance(value, TVal):
+                    self._read.add(value.ref)
+                return value
             known = list(scope.values)
             hint = did_you_mean(expr.id, known)
             if builder is not None and builder.find_label(expr.id):
@@ -696,6 +700,7 @@ class Elaborator:
         returned_exprs: tuple = ()
         failed_inputs = 0
         hyperparameters = set(scope.values)  # the model's hyperparameters, or the block's parameters
+        tensors: list[tuple[S.Let, str]] = []  # tensor values the body names, to find the ones never read
         for stmt in self._statements(body, scope):
             try:
                 if returned is not None and not isinstance(stmt, S.Return):
@@ -719,6 +724,8 @@ class Elaborator:
                         scope.values[stmt.name] = self.eval(stmt.value, scope, builder)
                     except _Abort:
                         scope.values[stmt.name] = POISON
+                    if isinstance(scope.values[stmt.name], TVal):
+                        tensors.append((stmt, scope.values[stmt.name].ref))
                 elif isinstance(stmt, S.Assert):
                     self.check_assert(stmt, scope)
                 elif isinstance(stmt, S.Return):
@@ -729,6 +736,8 @@ class Elaborator:
                     returned = [self.eval(v, scope, builder) for v in stmt.values]
             except _Abort:
                 pass
+        if returned is not None:
+            self._unused(tensors)
         if isinstance(owner, S.BlockDef):
             if not inputs and not failed_inputs:
                 self.fail(f"block '{owner.name}' has no `input`", owner.span,
@@ -758,6 +767,14 @@ class Elaborator:
             oname = e.id if isinstance(e, S.Name) else ("output" if len(returned) == 1 else f"output_{i}")
             outputs.append((oname, v))
         return outputs
+
+    def _unused(self, tensors: list) -> None:
+        """A tensor named and never read: its layers would be counted, and trained, for nothing (and DDP refuses
+        parameters that get no gradient). An error, like a statement after `return`."""
+        for stmt, ref in tensors:
+            if ref not in self._read:
+                self.record(SpecError(f"'{stmt.name}' is computed but never used: its layers would not affect the "
+                                      "output", stmt.span, hint=f"use '{stmt.name}', return it, or delete the line"))
 
     def _statements(self, body, scope: _Scope):
         """The statements of a body, with each `if` replaced by its chosen branch (evaluated when reached)."""

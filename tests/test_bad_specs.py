@@ -315,7 +315,17 @@ TRAIN = [
     case("train-setting-twice", PLAIN + "train { steps = 1, steps = 2 }\n", 5, 20, "'steps' is given twice"),
 ]
 
-CASES = SYNTAX + NAMES + ARGUMENTS + DUPLICATES + ASSERTS + SHAPES + TRAIN
+# A tensor named and never read: its layers would be counted and trained for nothing (and DDP refuses them).
+LEAKY = "block leaky(d: int) {\n    input x\n    h = x -> Linear(d, d)\n    return x\n}\n"
+UNUSED = [
+    case("unused-value", model("y = x -> Linear(d, d)"), 7, 5, "'y' is computed but never used",
+         hint="use 'y', return it, or delete the line"),
+    case("value-replaced-before-use", model("y = x -> Linear(d, d)", "y = x -> LayerNorm(d)", "x = y"), 7, 5,
+         "'y' is computed but never used"),
+    case("unused-value-in-block", model("x = x -> leaky(d)", after=LEAKY), 12, 5, "'h' is computed but never used"),
+]
+
+CASES = SYNTAX + NAMES + ARGUMENTS + DUPLICATES + ASSERTS + SHAPES + TRAIN + UNUSED
 
 # Lark's vocabulary, which must never reach a user: anonymous terminals, token reprs, end-of-input, rule and
 # terminal names (RPAR, LBRACE, NAME...). A word the user typed may be echoed back; one they didn't is a leak.
