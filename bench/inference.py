@@ -16,15 +16,16 @@ as a checkpoint. onnxruntime runs them on the CPUExecutionProvider with its defa
    Before each block: a 50 ms pause and one untimed call (see settle()). Each call is timed on its own; the table
    shows the median per backend and the ratio ort/torch of the medians (and the median over rounds of the ratio
    within a round, a check on slow drifts of the machine's load).
-2. Greedy generation, batch 1: a prompt of 8 seeded random tokens, then 256 new tokens, by
-   (i)   PyTorch without a cache: a full forward over the window every step (nanoGPT's generate);
-   (ii)  PyTorch with a cache (specdsl's Decoder): the prompt in one call, then one token a call; when the window
-         moves the tokens in it are run again as a prompt (learned absolute positions: a moved window invalidates
-         the cache), as OnnxGenerator.generate does;
-   (iii) onnxruntime with a cache: the decode graph driven the same way, with session.run and a dict of numpy
-         arrays as OnnxGenerator does (the present.* arrays fed back as the next call's past.*);
-   and, for reference, (iii) with IOBinding (the cache stays OrtValues between calls, only the logits are read):
-   no faster here, as a call's cost is onnxruntime's own (~240 kernels a step), not the Python-side feeds.
+2. Greedy generation, batch 1: a prompt of 8 seeded random tokens, then 256 new tokens, by the product's own code:
+   (i)   PyTorch without a cache: specdsl.train.sample.generate(cache=False), a full forward over the window every
+         step (nanoGPT's generate);
+   (ii)  PyTorch with a cache: the same function as `specc sample` runs it (specdsl's Decoder): the prompt in one
+         call, then one token a call; when the window moves its tokens are run again as a prompt (learned absolute
+         positions: a moved window invalidates the cache);
+   (iii) onnxruntime with a cache: OnnxGenerator.generate, as `specc generate` runs it (session.run with the
+         present.* arrays fed back as the next call's past.*), with intra_op_num_threads as above.
+   (An IOBinding driver, keeping the cache as OrtValues between calls, was measured no faster, 0.94-1.17x: a
+   call's cost is onnxruntime's own, ~240 kernels a step, not the Python-side feeds.)
    Each under both of `specc generate`'s --overflow policies (specdsl/context_window.py), which decide the window
    once the text outgrows the context: "shift" (the default: the last ctx/2 tokens are kept and run again once
    the window is full, then the cache serves ctx/2 steps) and "slide" (every token sees the last ctx tokens, so
@@ -72,8 +73,10 @@ sys.path.insert(0, str(ROOT))  # time the working tree's specdsl
 
 import specdsl  # noqa: E402
 from specdsl.backends.onnx_export import export  # noqa: E402
-from specdsl.backends.torch_backend import Decoder  # noqa: E402
+from specdsl.backends.onnx_generate import OnnxGenerator  # noqa: E402
 from specdsl.context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES, prompt_start, window_start  # noqa: E402
+from specdsl.tokenizer import Tokenizer  # noqa: E402
+from specdsl.train.sample import generate  # noqa: E402
 
 SPEC = ROOT / "specs" / "nanogpt-shakespeare.spec"
 CONFIGS = [  # (label, spec overrides)
@@ -84,8 +87,8 @@ SEQ = 128
 BATCHES = (1, 8)
 PROMPT = 8
 GOAL_VS_CACHE, GOAL_VS_NOCACHE, GOAL_FORWARD = 1.5, 4.0, 1.0
-METHODS = ["torch, no cache", "torch, cache", "ort, cache (session.run)", "ort, cache (IOBinding)"]
-ORT_MAIN = "ort, cache (session.run)"
+METHODS = ["torch, no cache", "torch, cache", "ort, cache"]
+ORT_MAIN = "ort, cache"
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -139,7 +142,9 @@ def build(overrides: dict, tmp: Path, seed: int):
     ckpt.mkdir()
     # named_parameters() lists a tied tensor once (lm_head.weight is wte.weight), as load_weights_into expects
     save_file({n: p.detach().contiguous() for n, p in module.named_parameters()}, str(ckpt / "model.safetensors"))
-    report = export(compiled, tmp / "model.onnx", weights_from=ckpt)
+    # a tokenizer of the model's vocabulary, for OnnxGenerator (the bench feeds ids, never text)
+    chars = "".join(chr(33 + i) for i in range(int(compiled.model.hyperparameters["vocab"])))
+    report = export(compiled, tmp / "model.onnx", weights_from=ckpt, tokenizer=Tokenizer("char", chars).to_json())
     return compiled, module, report, tmp / "model.onnx", tmp / "model.decode.onnx"
 
 
@@ -189,107 +194,6 @@ def forward_latency(module, session, tokens: torch.Tensor, args) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- generation
 
-def gen_torch_nocache(module, prompt: list[int], new: int, ctx: int, overflow: str) -> list[int]:
-    """nanoGPT's generate, greedy: a full forward over the window every step (the window by `overflow`)."""
-    ids = list(prompt)
-    start = prompt_start(len(ids), ctx)
-    with torch.no_grad():
-        for _ in range(new):
-            logits = module(torch.tensor([ids[start:]], dtype=torch.long))
-            ids.append(int(logits[0, -1].argmax()))
-            start = window_start(start, len(ids), ctx, overflow)
-    return ids[len(prompt):]
-
-
-def cached_generation(prefill, step, prompt: list[int], new: int, ctx: int, overflow: str) -> list[int]:
-    """The loop every cached method shares (OnnxGenerator.generate's): the prompt in one call, then one token a
-    call; when the window moves (specdsl.context_window) its tokens are run again as a prompt. `prefill(ids)` and
-    `step(token, cache)` return (last logits, cache)."""
-    ids, out = list(prompt), []
-    start = prompt_start(len(ids), ctx)
-    logits, cache = prefill(ids[start:])
-    for i in range(new):
-        token = int(np.argmax(logits))
-        ids.append(token)
-        out.append(token)
-        if i == new - 1:
-            break
-        moved, start = start, window_start(start, len(ids), ctx, overflow)
-        logits, cache = prefill(ids[start:]) if start != moved else step(token, cache)
-    return out
-
-
-def gen_torch_cache(decoder, prompt: list[int], new: int, ctx: int, overflow: str) -> list[int]:
-    def prefill(window):
-        res = decoder(torch.tensor([window], dtype=torch.long), *decoder.empty_cache(1))
-        return res[0][0, -1].numpy(), list(res[1:])
-
-    def step(token, cache):
-        res = decoder(torch.tensor([[token]], dtype=torch.long), *cache)
-        return res[0][0, -1].numpy(), list(res[1:])
-
-    with torch.no_grad():
-        return cached_generation(prefill, step, prompt, new, ctx, overflow)
-
-
-class OrtRun:
-    """The decode graph driven as OnnxGenerator drives it: session.run with a dict of numpy arrays."""
-
-    def __init__(self, session, slots):
-        self.session = session
-        self.names = [f"past.{i}.{kv}" for i in range(len(slots)) for kv in "kv"]
-        self.empty = {n: np.zeros((1, kv, 0, hd), np.float32) for n, (kv, hd) in zip(self.names, [s for s in slots
-                                                                                                 for _ in (0, 1)])}
-
-    def prefill(self, window):
-        outs = self.session.run(None, {"tokens": np.array([window], dtype=np.int64), **self.empty})
-        return outs[0][0, -1], dict(zip(self.names, outs[1:]))
-
-    def step(self, token, cache):
-        outs = self.session.run(None, {"tokens": np.array([[token]], dtype=np.int64), **cache})
-        return outs[0][0, -1], dict(zip(self.names, outs[1:]))
-
-    def generate(self, prompt: list[int], new: int, ctx: int, overflow: str) -> list[int]:
-        return cached_generation(self.prefill, self.step, prompt, new, ctx, overflow)
-
-
-class OrtBound:
-    """The decode graph driven with IOBinding: present.* come back as OrtValues and are bound as the next call's
-    past.* without a round trip through numpy; only the logits are read. Outputs are bound by device each call
-    (no preallocated buffers), so onnxruntime never writes a present into the buffer of a past it is reading."""
-
-    def __init__(self, session, slots):
-        import onnxruntime as ort
-        self.session = session
-        self.binding = session.io_binding()
-        self.names = [f"past.{i}.{kv}" for i in range(len(slots)) for kv in "kv"]
-        self.outputs = [o.name for o in session.get_outputs()]
-        shapes = [s for s in slots for _ in (0, 1)]
-        self.empty = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv, 0, hd), np.float32)) for kv, hd in shapes]
-        self.one = np.zeros((1, 1), dtype=np.int64)
-
-    def _call(self, tokens: np.ndarray, past):
-        b = self.binding
-        b.bind_cpu_input("tokens", tokens)
-        for name, value in zip(self.names, past):
-            b.bind_ortvalue_input(name, value)
-        for name in self.outputs:
-            b.bind_output(name, "cpu")
-        self.session.run_with_iobinding(b)
-        outs = b.get_outputs()
-        return outs[0].numpy()[0, -1], outs[1:]
-
-    def prefill(self, window):
-        return self._call(np.array([window], dtype=np.int64), self.empty)
-
-    def step(self, token, cache):
-        self.one[0, 0] = token
-        return self._call(self.one, cache)
-
-    def generate(self, prompt: list[int], new: int, ctx: int, overflow: str) -> list[int]:
-        return cached_generation(self.prefill, self.step, prompt, new, ctx, overflow)
-
-
 def window_runs(prompt: int, new: int, ctx: int, overflow: str) -> tuple[int, int]:
     """(one-token calls, window re-runs) of a cached generation, after the prompt's call."""
     start, length, steps, reruns = prompt_start(prompt, ctx), prompt, 0, 0
@@ -300,16 +204,14 @@ def window_runs(prompt: int, new: int, ctx: int, overflow: str) -> tuple[int, in
     return steps, reruns
 
 
-def generation(module, decode_session, slots, ctx: int, overflow: str, args) -> dict:
+def generation(module, generator: OnnxGenerator, ctx: int, overflow: str, args) -> dict:
     prompt = torch.randint(0, module.wte.weight.shape[0], (PROMPT,),
                            generator=torch.Generator().manual_seed(args.seed + 1)).tolist()
-    decoder = Decoder(module).eval()
-    bound, plain = OrtBound(decode_session, slots), OrtRun(decode_session, slots)
+    new, greedy = args.new, {"temperature": 0, "overflow": overflow}
     fns = {
-        "torch, no cache": lambda: gen_torch_nocache(module, prompt, args.new, ctx, overflow),
-        "torch, cache": lambda: gen_torch_cache(decoder, prompt, args.new, ctx, overflow),
-        "ort, cache (session.run)": lambda: plain.generate(prompt, args.new, ctx, overflow),
-        "ort, cache (IOBinding)": lambda: bound.generate(prompt, args.new, ctx, overflow),
+        "torch, no cache": lambda: list(generate(module, prompt, new, ctx, cache=False, **greedy)),
+        "torch, cache": lambda: list(generate(module, prompt, new, ctx, **greedy)),
+        "ort, cache": lambda: list(generator.generate(prompt, new, **greedy)),
     }
     tokens = {name: fn() for name, fn in fns.items()}  # warm-up, and the tokens to compare
     reference = tokens["torch, no cache"]
@@ -346,9 +248,8 @@ def bench_model(label: str, overrides: dict, args) -> dict:
         compiled, module, report, full_path, decode_path = build(overrides, Path(tmpdir), args.seed)
         hyper = compiled.model.hyperparameters
         ctx, vocab = int(hyper["ctx"]), int(hyper["vocab"])
-        full, decode = ort_session(full_path, args.threads), ort_session(decode_path, args.threads)
+        full, decode = ort_session(full_path, args.threads), OnnxGenerator(decode_path, threads=args.threads)
     load = MachineLoad()  # from here on: the measurements
-    slots = Decoder(module).slots
     seq = min(SEQ, ctx)
     print(f"\n{label}: {hyper['layers']} layers, {hyper['heads']} heads, d={hyper['d']}, ctx {ctx}, vocab {vocab}, "
           f"{compiled.analysis.total:,} parameters")
@@ -366,7 +267,7 @@ def bench_model(label: str, overrides: dict, args) -> dict:
               f"{fwd[batch]['med']['ort']:.2f} ms (max |logits diff| {diff:.1e})", flush=True)
     gens = []
     for overflow in OVERFLOW_POLICIES:
-        g = generation(module, decode, slots, ctx, overflow, args)
+        g = generation(module, decode, ctx, overflow, args)
         print(f"  generation, --overflow {overflow}: prompt {PROMPT} tokens + {args.new} new; per cached run 1 "
               f"prefill, {g['single_steps']} one-token calls, {g['reprefills']} window re-runs", flush=True)
         gens.append(g)

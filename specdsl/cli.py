@@ -148,11 +148,24 @@ SEED = typer.Option(0, "--seed")
 OVERFLOW = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP)
 
 
-def _prompt_ids(ids: list[int]) -> list[int]:
+def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+    where = Span("--prompt", 0, 0)
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as e:
+        raise SpecError(f"the prompt has {e}", where) from None
     if not ids:
-        raise SpecError("the prompt is empty: a model needs at least one token to continue", Span("--prompt", 0, 0),
+        raise SpecError("the prompt is empty: a model needs at least one token to continue", where,
                         hint="the default prompt is a newline")
     return ids
+
+
+def _stream(prompt: str, tokens, tokenizer) -> None:
+    sys.stdout.write(prompt)
+    for token in tokens:
+        sys.stdout.write(tokenizer.decode([token]))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 @app.command("sample")
@@ -169,17 +182,10 @@ def sample_cmd(
     try:
         from .train.sample import generate, load_run
         module, tokenizer, ctx = load_run(run_dir)
-        ids = _prompt_ids(tokenizer.encode(prompt))
+        ids = _prompt_ids(tokenizer, prompt)
     except SpecError as e:
         _fail(e)
-    except ValueError as e:
-        print(f"error: the prompt has {e}", file=sys.stderr)
-        raise typer.Exit(EXIT_SPEC_ERROR) from None
-    sys.stdout.write(prompt)
-    for token in generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed, overflow.value):
-        sys.stdout.write(tokenizer.decode([token]))
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    _stream(prompt, generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed, overflow.value), tokenizer)
 
 
 @app.command("export")
@@ -227,14 +233,11 @@ def generate_cmd(
     try:
         from .backends.onnx_generate import OnnxGenerator
         generator = OnnxGenerator(path)
-        ids = _prompt_ids(generator.tokenizer.encode(prompt))
+        ids = _prompt_ids(generator.tokenizer, prompt)
     except SpecError as e:
         _fail(e)
-    sys.stdout.write(prompt)
-    for token in generator.generate(ids, max_new_tokens, temperature, top_k, seed, overflow.value):
-        sys.stdout.write(generator.tokenizer.decode([token]))
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    _stream(prompt, generator.generate(ids, max_new_tokens, temperature, top_k, seed, overflow.value),
+            generator.tokenizer)
 
 
 def run() -> None:

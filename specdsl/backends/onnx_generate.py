@@ -16,6 +16,7 @@ import numpy as np
 
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..errors import Span, SpecError
+from ..tokenizer import Tokenizer
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -38,35 +39,17 @@ def count_parameters(path: str | Path) -> int:
     return sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
 
 
-def _session(path: Path):
+def _session(path: Path, threads: int | None = None):
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class Tokenizer:
-    def __init__(self, data: dict):
-        self.kind, self.chars = data["kind"], data.get("chars", "")
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def encode(self, text: str) -> list[int]:
-        if self.kind == "byte":
-            return list(text.encode("utf-8"))
-        unknown = sorted({c for c in text if c not in self.index})
-        if unknown:
-            raise SpecError(f"the prompt has characters outside the vocabulary: {''.join(unknown)!r}",
-                            Span("--prompt", 0, 0), hint=f"the vocabulary is {self.chars!r}")
-        return [self.index[c] for c in text]
-
-    def decode(self, ids) -> str:
-        if self.kind == "byte":
-            return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-        return "".join(self.chars[int(i)] for i in ids)
-
-
 class OnnxGenerator:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, threads: int | None = None):
         path = Path(path)
         meta = read_metadata(path)
         if meta.get("specc.graph") == "decode":
@@ -84,11 +67,11 @@ class OnnxGenerator:
         if not meta.get("specc.tokenizer"):
             raise SpecError(f"'{path}' carries no tokenizer: it was exported without --checkpoint",
                             Span(str(path), 0, 0), hint="export from a trained run: --checkpoint RUN_DIR")
-        self.tokenizer = Tokenizer(json.loads(meta["specc.tokenizer"]))
+        self.tokenizer = Tokenizer.from_json(json.loads(meta["specc.tokenizer"]))
         self.slots = [tuple(s) for s in json.loads(meta["specc.cache"])]
         hyper = json.loads(meta["specc.hyperparameters"])
         self.ctx = int(hyper.get("ctx", 1 << 30))
-        self.session = _session(decode)
+        self.session = _session(decode, threads)
         self.names = [f"past.{i}.{kv}" for i in range(len(self.slots)) for kv in "kv"]
 
     def _empty(self):
