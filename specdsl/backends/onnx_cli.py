@@ -38,9 +38,10 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
             val_folder = run / "data"
     compiled = load(spec, preset=preset, overrides=overrides)
     if val_folder is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
-        from ..train.data import TokenData, Tokenizer
-        from ..train.loop import _context, language_task
-        val_task = language_task(TokenData(val_folder), Tokenizer.from_json(tokenizer), _context(compiled.model), 0)
+        from ..tokenizer import Tokenizer
+        from ..train.data import TokenData
+        from ..train.loop import context_length, language_task
+        val_task = language_task(TokenData(val_folder), Tokenizer.from_json(tokenizer), context_length(compiled.model))
     if weights is None:
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
     from .onnx_export import export

@@ -28,8 +28,8 @@ from .data import IGNORE, TokenData, Tokenizer, builtin_text, digits_dataset, ma
 # ---- tasks: what a batch is, what the loss is ----
 
 class LanguageModelling:
-    def __init__(self, data: TokenData, tokenizer: Tokenizer, ctx: int, vocab: int):
-        self.data, self.tokenizer, self.ctx, self.vocab = data, tokenizer, ctx, vocab
+    def __init__(self, data: TokenData, tokenizer: Tokenizer, ctx: int):
+        self.data, self.tokenizer, self.ctx = data, tokenizer, ctx
 
     def batch(self, split, size, generator, rank=0, world=1):
         return self.data.batch(split, size, self.ctx, generator, rank, world)
@@ -71,9 +71,9 @@ class MaskedLanguageModelling(LanguageModelling):
         return {"loss": sum(losses) / len(losses), "accuracy": right / total}
 
 
-def language_task(data: TokenData, tokenizer: Tokenizer, ctx: int, vocab: int) -> LanguageModelling:
+def language_task(data: TokenData, tokenizer: Tokenizer, ctx: int) -> LanguageModelling:
     """Next-token prediction, or masked tokens when the tokenizer has a [MASK] id (a bidirectional model)."""
-    return (MaskedLanguageModelling if tokenizer.mask else LanguageModelling)(data, tokenizer, ctx, vocab)
+    return (MaskedLanguageModelling if tokenizer.mask else LanguageModelling)(data, tokenizer, ctx)
 
 
 class Classification:
@@ -99,7 +99,8 @@ class Classification:
                 "accuracy": (logits.argmax(-1) == y).float().mean().item()}
 
 
-def _context(model: ir.Model) -> int:
+def context_length(model: ir.Model) -> int:
+    """The sequence length a language model trains and samples at: its fixed length, or the bound of seq <= ctx."""
     seq = model.inputs[0].type.shape[-1]
     if isinstance(seq, int):
         return seq
@@ -193,7 +194,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
         if rank == 0:
             TokenData.prepare(text, tokenizer, out / "data") if not (resume and (out / "data").exists()) else None
         _barrier(world)
-        task = language_task(TokenData(out / "data"), tokenizer, _context(compiled.model), vocab)
+        task = language_task(TokenData(out / "data"), tokenizer, context_length(compiled.model))
     else:
         compiled = probe
         tokenizer = None

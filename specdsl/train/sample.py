@@ -14,7 +14,7 @@ from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..errors import Span, SpecError
 from . import checkpoint
 from .data import Tokenizer
-from .loop import _context, loads_for_run
+from .loop import context_length, loads_for_run
 
 
 def load_run(run_dir: str | Path, which: str = "best"):
@@ -39,7 +39,7 @@ def load_run(run_dir: str | Path, which: str = "best"):
     except Exception as e:  # a truncated or foreign file
         raise SpecError(f"cannot read the checkpoint in '{folder}': {e}", where) from None
     tokenizer = Tokenizer.from_json(json.loads((run_dir / "data" / "tokenizer.json").read_text()))
-    return module, tokenizer, _context(compiled.model)
+    return module, tokenizer, context_length(compiled.model)
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> int:
