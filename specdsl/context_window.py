@@ -14,7 +14,7 @@ token's position changes and every cached key and value with it. Two policies:
 from __future__ import annotations
 
 OVERFLOW_POLICIES = ("slide", "shift")
-# shift by default: on nanoGPT's Shakespeare model (ctx 64) it generates 3.3x faster on onnxruntime than slide
+# shift by default: on nanoGPT's Shakespeare model (ctx 64) it generates 3.3-4.2x faster on onnxruntime than slide
 # (bench/inference.py), and the shorter windows cost nothing measurable there: trained on tinyshakespeare, its
 # validation loss averaged over contexts 33-64 is 1.857 against 1.861 at 64 (difference -0.003, standard error
 # 0.018; bench/context_loss.py).
