@@ -10,6 +10,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from .text import printable
+
+_LINES = "\t\n"  # what a message may keep as is
+
 
 @dataclass(frozen=True)
 class Span:
@@ -53,11 +57,13 @@ class Diagnostic:
     notes: list[str] = field(default_factory=list)
 
     def render(self) -> str:
-        out = [f"{self.span}: error: {self.message}"]
+        # Everything shown may come from a spec or a file: shown, never obeyed by the terminal (specdsl.text);
+        # a message keeps its own line breaks.
+        out = [f"{printable(str(self.span))}: error: {printable(self.message, keep=_LINES)}"]
         line = source_line(self.span)
         if line is not None and len(line) <= 400:
             gutter = f"{self.span.line:>5} | "
-            out.append(gutter + line.rstrip())
+            out.append(gutter + printable(line.rstrip()))
             width = 1
             if self.span.end_col and self.span.end_col > self.span.col:
                 width = self.span.end_col - self.span.col
@@ -65,9 +71,9 @@ class Diagnostic:
             prefix = "".join(c if c == "\t" else " " for c in line[: self.span.col - 1])
             out.append(" " * (len(gutter) - 2) + "| " + prefix + "^" * width)
         for note in self.notes:
-            out.append(f"note: {note}")
+            out.append(f"note: {printable(note, keep=_LINES)}")
         if self.hint:
-            out.append(f"hint: {self.hint}")
+            out.append(f"hint: {printable(self.hint, keep=_LINES)}")
         return "\n".join(out)
 
 

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .analysis import FLOPS_CONVENTION, PARAMS_CONVENTION, Analysis, ModuleStats
+from .text import printable
 
 
 def human(n: int | float, unit: str = "") -> str:
@@ -38,9 +39,19 @@ def human_bytes(n: int | float) -> str:
     return f"{n:.0f} B"
 
 
-def _rows(table: Table, node: ModuleStats, total: int, depth: int, in_repeat: bool = False) -> None:
+# Rows the report shows: rich takes about 1 ms a row, and a spec written out by hand may have 20,000 layers
+# (elaborate.MAX_LAYERS); past this many, one row says how many more there are and --json lists them all.
+MAX_ROWS = 500
+
+
+def _rows(table: Table, node: ModuleStats, total: int, depth: int, in_repeat: bool = False) -> int:
+    """Add the rows of `node`'s children; returns how many were left out (past MAX_ROWS)."""
+    left_out = 0
     for child in node.children:
         if child.params == 0 and not child.children and not child.tied:
+            continue
+        if table.row_count >= MAX_ROWS:
+            left_out += 1 + _count(child)
             continue
         indent = "  " * depth + ("└ " if depth else "")
         # Inside a repeat the rows are one iteration's: a share of the whole would mislead.
@@ -48,20 +59,30 @@ def _rows(table: Table, node: ModuleStats, total: int, depth: int, in_repeat: bo
         params = f"{child.params:,}"
         if child.kind == "repeat" and not child.shared and child.count > 1:
             params += f"\n[dim]{child.params_each:,} each[/dim]"
-        table.add_row(Text(indent + child.name), child.description, params, share)
+        table.add_row(Text(indent + printable(child.name)), Text(printable(child.description)), params, share)
         if child.children:
-            _rows(table, child, total, depth + 1, in_repeat or child.kind == "repeat")
+            left_out += _rows(table, child, total, depth + 1, in_repeat or child.kind == "repeat")
+    return left_out
+
+
+def _count(node: ModuleStats) -> int:
+    return sum(1 + _count(c) for c in node.children if c.params or c.children or c.tied)
 
 
 def report(a: Analysis, source: str, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 110)
-    title = f"{a.model}  [dim]({source}{', preset ' + a.preset if a.preset else ''})[/dim]"
+    # Names, presets and paths come from the spec and the command line: plain text (Text), never markup.
+    where = f"({source}{', preset ' + a.preset if a.preset else ''})"
+    title = Text.assemble(printable(f"{a.model}  "), (printable(where), "dim"))
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("module")
     table.add_column("layer")
     table.add_column("params", justify="right")
     table.add_column("share", justify="right")
-    _rows(table, a.tree, a.total, 0)
+    left_out = _rows(table, a.tree, a.total, 0)
+    if left_out:
+        table.add_row(Text(f"... {left_out:,} more", style="dim"), Text("specc compile --json lists every module",
+                                                                         style="dim"), "", "")
     console.print(table)
 
     summary = Table.grid(padding=(0, 2))

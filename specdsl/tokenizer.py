@@ -3,7 +3,9 @@ run was trained with (stored as JSON in the run and in the exported file's metad
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,38 @@ class Tokenizer:
         return [index[c] for c in text]
 
     def decode(self, ids) -> str:
-        ids = [int(i) for i in ids]
-        if self.mask and self.mask_id in ids:
-            return "".join("[MASK]" if i == self.mask_id else self.decode([i]) for i in ids)
-        if self.kind == "byte":
-            return bytes(ids).decode("utf-8", errors="replace")
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self.stream(ids))
+
+    def stream(self, ids: Iterable[int]) -> Iterator[str]:
+        """The text of `ids` piece by piece as they come, for streaming generated tokens: a byte tokenizer holds
+        back the bytes of a character split across tokens until it is whole (decoding one token at a time would
+        show "brûlée" as "br��l��e"); bytes that are not UTF-8 become U+FFFD."""
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for i in ids:
+            i = int(i)
+            if i == self.mask_id:
+                piece = utf8.decode(b"", final=True) + "[MASK]"
+            elif not 0 <= i < self.data_size:
+                raise ValueError(f"token id {i} is outside the tokenizer's {self.data_size} ids")
+            else:
+                piece = utf8.decode(bytes([i])) if self.kind == "byte" else self.chars[i]
+            if piece:
+                yield piece
+        tail = utf8.decode(b"", final=True)
+        if tail:
+            yield tail
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "chars": self.chars, **({"mask": True} if self.mask else {})}
 
     @classmethod
-    def from_json(cls, data: dict) -> Tokenizer:
-        return cls(data["kind"], data.get("chars", ""), bool(data.get("mask", False)))
+    def from_json(cls, data) -> Tokenizer:
+        """The tokenizer a run or an exported file describes; ValueError when the description is not one."""
+        if not isinstance(data, dict) or data.get("kind") not in ("char", "byte"):
+            raise ValueError("not a tokenizer: expected {\"kind\": \"char\" or \"byte\", ...}")
+        chars, mask = data.get("chars", ""), data.get("mask", False)
+        if not isinstance(chars, str) or not isinstance(mask, bool):
+            raise ValueError("not a tokenizer: its chars must be a string and its mask true or false")
+        if data["kind"] == "char" and not chars:
+            raise ValueError("not a tokenizer: a char tokenizer needs its characters")
+        return cls(data["kind"], chars if data["kind"] == "char" else "", mask)

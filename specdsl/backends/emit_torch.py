@@ -7,7 +7,11 @@ compiled spec loads into the ejected model unchanged. Generating it needs no tor
 
 from __future__ import annotations
 
+import ast
+import builtins
+import functools
 import keyword
+import re
 from pathlib import Path
 
 from .. import __version__, ir
@@ -39,17 +43,57 @@ def _wrap(call: str, width: int = 100) -> str:
     return f"{head}(\n            " + ",\n            ".join(parts) + ",\n        )"
 
 
+# What forward code itself refers to besides the spec's values: a value by one of these names would hide it.
+_FORWARD_NAMES = {"self", "torch", "range", "block", "_"}
+
+
 def _ident(name: str) -> str:
-    return f"{name}_" if keyword.iskeyword(name) else name
+    """A value's name in forward code: an unnamed value `%3` is h3 (so a spec's own `h3` becomes h3_, as does a
+    keyword or a name forward code refers to)."""
+    if name.startswith("%"):
+        return f"h{name[1:]}"
+    clash = keyword.iskeyword(name) or name in _FORWARD_NAMES or re.fullmatch(r"h\d+", name)
+    return f"{name}_" if clash else name
+
+
+def _doc(text) -> str:
+    """Text from a spec inside a generated docstring: backslashes and double quotes escaped, so no `\"\"\"` can
+    end the docstring, and anything unprintable (a newline, a control, a bidirectional override) as its escape.
+    The docstring reads back as the text itself."""
+    return "".join("\\" + c if c in '\\"' else c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+@functools.lru_cache(maxsize=1)
+def _support() -> str:
+    """The part of torch_modules.py the ejected file carries: its classes and helpers, without build_form (which
+    needs specc) and the module docstring."""
+    support = Path(__file__).with_name("torch_modules.py").read_text(encoding="utf-8")
+    support = support[support.index('"""', 3) + 3:].lstrip()
+    return support[: support.index("def build_form")].rstrip() + "\n\n\n" + support[support.index("def init_gpt2_"):]
+
+
+@functools.lru_cache(maxsize=1)
+def _reserved() -> frozenset[str]:
+    """Names a generated class must not take: every name the support code binds at its top level (its imports,
+    `F` and `nn` among them, classes, functions, constants), read from the code itself so the two cannot drift;
+    the alias `Model`; builtins and keywords (a block named `none` would be class `None`)."""
+    names = {"Model", *dir(builtins), *keyword.kwlist}
+    for node in ast.parse(_support()).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return frozenset(names)
 
 
 class _Emitter:
     def __init__(self, model: ir.Model):
         self.model = model
         self.classes: list[str] = []
-        # The support classes copied from torch_modules.py, and the alias `Model`.
-        self.taken: set[str] = {"PositionalEmbedding", "Attention", "MLP", "GatedMLP", "Experts", "MoE", "Select",
-                                "Softmax", "Model"}
+        self.taken: set[str] = set(_reserved())
 
     def class_name(self, base: str) -> str:
         name, n = _camel(base), 1
@@ -84,7 +128,7 @@ class _Emitter:
 
         symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
         for op in module.ops:
-            out = f"h{op.out[1:]}" if op.out.startswith("%") else _ident(op.out)
+            out = _ident(op.out)
             values[op.out] = out
             if op.op != "call":
                 forward.append(f"{out} = {val(op.args[0])} {symbols[op.op]} {val(op.args[1])}")
@@ -107,7 +151,7 @@ class _Emitter:
             forward = defaults + forward
             init += ["init_gpt2_(self)"] + self._ties()
         what = f"one block of a repeat: {module.body}" if module.is_repeat else f"block {module.label}"
-        doc = f'    """{what}."""\n' if not root else self._root_doc()
+        doc = f'    """{_doc(what)}."""\n' if not root else self._root_doc()
         lines = [f"class {cls}(nn.Module):", doc, "    def __init__(self):", "        super().__init__()"]
         lines += [f"        {line}" for line in init]
         lines += ["", f"    def forward(self, {params}):"]
@@ -145,15 +189,16 @@ class _Emitter:
                 if p.tied_to is not None:
                     *inner, leaf = p.name.split(".")
                     owner = ".".join([path] + inner)
-                    lines.append(f'self.get_submodule("{owner}").{leaf} = self.get_parameter("{p.tied_to}")'
+                    lines.append(f"self.get_submodule({owner!r}).{leaf} = self.get_parameter({p.tied_to!r})"
                                  "  # tied: one tensor")
         return lines
 
     def _root_doc(self) -> str:
         m, a = self.model, analyse(self.model)
         hyper = ", ".join(f"{k}={v!r}" for k, v in m.hyperparameters.items())
-        return (f'    """{m.name}: {a.total:,} parameters ({m.path or "spec"}'
-                f'{", preset " + m.preset if m.preset else ""}).\n\n    Hyperparameters: {hyper}\n    """\n')
+        where = f"{m.path or 'spec'}{', preset ' + m.preset if m.preset else ''}"
+        return (f'    """{_doc(m.name)}: {a.total:,} parameters ({_doc(where)}).\n\n'
+                f'    Hyperparameters: {_doc(hyper)}\n    """\n')
 
 
 def emit_torch(model: ir.Model) -> str:
@@ -161,11 +206,8 @@ def emit_torch(model: ir.Model) -> str:
     emitter = _Emitter(model)
     root = emitter.class_name(model.name)
     emitter.module(model.root, root, root=True)
-    support = Path(__file__).with_name("torch_modules.py").read_text(encoding="utf-8")
-    support = support[support.index('"""', 3) + 3:].lstrip()  # drop the module docstring
-    support = support[: support.index("def build_form")].rstrip() + "\n\n\n" + \
-        support[support.index("def init_gpt2_"):]
-    header = (f'"""{model.name}, generated by specc {__version__} from {model.path or "a spec"}.\n\n'
+    support = _support()
+    header = (f'"""{_doc(model.name)}, generated by specc {__version__} from {_doc(model.path or "a spec")}.\n\n'
               f"Standalone PyTorch: no import of specc. Parameter names are the spec's parameter paths, so\n"
               f"specc checkpoints load here unchanged. Build it with `{root}()` (alias `Model`).\n"
               '"""\n\n')

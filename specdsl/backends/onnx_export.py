@@ -6,14 +6,17 @@ Two graphs for a language model:
   head_dim] of every attention application -> `logits` and `present.<i>.k`, `present.<i>.v` (past + new).
 Other models keep their inputs' and outputs' names, with a dynamic batch.
 
-Both are written beside their target and renamed into place only after onnx.checker and a comparison with
-PyTorch on onnxruntime (two batch sizes, two lengths) pass: a file that fails is never left behind.
-The metadata_props carry the spec's source, the resolved hyperparameters, the tokenizer and the specc version.
+Every target is checked first (specdsl.io.check_output: a regular file or nothing, in an existing folder). Both
+graphs are written to temporary files beside their targets and renamed into place only after onnx.checker and a
+comparison with PyTorch on onnxruntime (two batch sizes, two lengths) pass: a file that fails is never left behind.
+The metadata_props carry the spec's source, the resolved hyperparameters, the tokenizer, the specc version and an
+export id shared by the two graphs of one export, so a decoding graph left by another export is never used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -26,8 +29,10 @@ import torch
 
 from .. import __version__, ir, to_torch
 from ..errors import Span, SpecError
+from ..io import publish, temp_beside
 from ..shapes import Sym
 from ..train.data import IGNORE
+from .onnx_generate import companion, export_paths
 from .torch_backend import Decoder
 
 TOLERANCE = 1e-4  # float32: the command fails above this
@@ -92,6 +97,16 @@ def _sequence_bound(model) -> int | None:
     return syms[1].bound if len(syms) >= 2 else None
 
 
+def _export_id(module, metadata: dict[str, str]) -> str:
+    """One id for the graphs of one export: a hash of the weights and the metadata, so the same export gives the
+    same files and any other export a different id."""
+    h = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
 def _metadata(compiled, tokenizer: dict | None, graph: str, extra: dict | None = None) -> dict[str, str]:
     m = compiled.model
     meta = {
@@ -151,14 +166,8 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
     out = Path(out)
     if quantize not in (None, "int8"):  # before anything is written
         raise SpecError(f"unknown quantization '{quantize}': use int8", Span("--quantize", 0, 0))
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:  # a folder we cannot write is found now, not after the export
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.touch()
-        tmp.unlink()
-    except OSError as e:
-        raise SpecError(f"cannot write '{out}': {e.strerror}", Span(str(out), 0, 0)) from None
     model = compiled.model
+    export_paths(model, out, quantize)  # every target, before the seconds an export takes
     torch.manual_seed(0)
     module = to_torch(compiled).eval()
     if weights_from is not None:
@@ -183,15 +192,17 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
     gen = torch.Generator().manual_seed(0)
     example = _sample_inputs(model, 2, min(seq_bound, 8) if seq_bound else None, vocab, gen)
     report: dict = {"file": str(out), "params": compiled.analysis.total, "checks": []}
+    export_id = {"specc.export_id": _export_id(module, _metadata(compiled, tokenizer, "full"))}
     written: list[Path] = []
     try:
+        tmp = temp_beside(out)
+        written.append(tmp)
         with _quiet(), torch.no_grad():
             # optimize=False keeps every weight under its parameter path (the exporter's optimizer folds
             # transposes into renamed copies); onnxruntime does that folding itself when it loads the file.
             program = torch.onnx.export(wrapper, tuple(example), dynamo=True, input_names=input_names,
                                         output_names=output_names, dynamic_shapes=_dynamic(model), optimize=False)
-        _save(program, tmp, _metadata(compiled, tokenizer, "full"))
-        written.append(tmp)
+        _save(program, tmp, {**_metadata(compiled, tokenizer, "full"), **export_id})
         session = _session(tmp)
         seqs = [min(5, seq_bound), seq_bound] if seq_bound else [None]
         for batch in (1, 3):
@@ -207,15 +218,16 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
         if not worst <= TOLERANCE:
             raise ExportError(f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {TOLERANCE})",
                               Span(str(out), 0, 0))
-        decode_path = out.with_name(out.stem + ".decode.onnx")
+        decode_path = companion(out, "decode")
         if lm and ir.is_causal(model) and Decoder(module).slots:
-            report["decode"] = _export_decoder(compiled, module, tokenizer, decode_path, session, vocab, seq_bound,
-                                               written)
-        tmp.replace(out)
+            dtmp = temp_beside(decode_path)
+            written.append(dtmp)
+            report["decode"] = _export_decoder(compiled, module, tokenizer, dtmp, decode_path, session, vocab,
+                                               seq_bound, export_id)
+        _publish(tmp, out)
         written.remove(tmp)
         if "decode" in report:
-            dtmp = decode_path.with_name(f".{decode_path.name}.tmp")
-            dtmp.replace(decode_path)
+            _publish(dtmp, decode_path)
             written.remove(dtmp)
             report["decode"]["file"] = str(decode_path)
     finally:
@@ -227,8 +239,16 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
     return report
 
 
-def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab: int, seq_bound: int,
-                    written: list) -> dict:
+def _publish(tmp: Path, target: Path) -> None:
+    try:
+        publish(tmp, target)
+    except OSError as e:  # the target changed during the export (a folder appeared there, say)
+        raise SpecError(f"cannot write '{target}': {e.strerror}", Span(str(target), 0, 0)) from None
+
+
+def _export_decoder(compiled, module, tokenizer, tmp: Path, target: Path, full_session, vocab: int, seq_bound: int,
+                    export_id: dict) -> dict:
+    """The decoding graph for `target`, written to `tmp` and checked against the full graph."""
     decoder = Decoder(module).eval()
     slots = decoder.slots
     names = [f"past.{i}.{kv}" for i in range(len(slots)) for kv in "kv"]
@@ -244,10 +264,8 @@ def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab
                                     input_names=["tokens"] + names,
                                     output_names=["logits"] + [n.replace("past", "present") for n in names],
                                     dynamic_shapes=dynamic, optimize=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _save(program, tmp, _metadata(compiled, tokenizer, "decode", {"specc.cache": [list(s) for s in slots]}),
-          strip_prefix="model.")
-    written.append(tmp)
+    _save(program, tmp, {**_metadata(compiled, tokenizer, "decode", {"specc.cache": [list(s) for s in slots]}),
+                         **export_id}, strip_prefix="model.")
     session = _session(tmp)
     # Cache against no cache: a prompt, then one token at a time, against the full graph on the whole sequence.
     seq = min(seq_bound, 12)
@@ -264,16 +282,15 @@ def _export_decoder(compiled, module, tokenizer, path: Path, full_session, vocab
     diff = float(np.abs(np.concatenate(logits, axis=1) - full).max())
     if not diff <= TOLERANCE:
         raise ExportError(f"the decoding graph with a KV cache differs from the full graph by {diff:.3g}",
-                          Span(str(path), 0, 0))
+                          Span(str(target), 0, 0))
     return {"cache_vs_full_max_abs_diff": diff, "layers": len(slots)}
 
 
 def _quantize(path: Path, kind: str, val_task) -> dict:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    target = path.with_name(path.stem + ".int8.onnx")
-    tmp = target.with_name(f".{target.name}.tmp")
-    folded = target.with_name(f".{target.name}.folded")
+    target = companion(path, "int8")
+    tmp, folded = temp_beside(target), temp_beside(target)
     try:
         # Fold the weight transposes first (onnxruntime's basic level), so MatMuls see constant weights to quantize.
         options = ort.SessionOptions()
@@ -283,7 +300,7 @@ def _quantize(path: Path, kind: str, val_task) -> dict:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         with _quiet():
             quantize_dynamic(str(folded), str(tmp), weight_type=QuantType.QInt8)
-        tmp.replace(target)
+        _publish(tmp, target)
     finally:
         folded.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
