@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,22 @@ from typing import Any
 from . import ir
 from . import syntax as S
 from .errors import Span, SpecError, did_you_mean
+from .io import file_kind
 from .kinds import KINDS, REQUIRED, Args, Kind
-from .parse import parse_file, parse_text
+from .parse import parse_text, read_source
 from .resources import specs_root
 from .shapes import ShapeError, Sym, TensorType, format_shape
 
 MAX_BLOCK_DEPTH = 32
+# The elaboration budget. Blocks calling blocks multiply: ten calls a level, six levels, is 10**6 layers from 2 KB
+# of text (434 s and 4.5 GiB before these limits). Measured on the 2-core test machine with the worst cases of
+# tests/test_hostile_core.py: a layer costs up to 100 us and 2 KB to elaborate, a step (an expression evaluated or a
+# block expanded) up to 6 us, so either limit is reached within about 2 s and 50 MB. Real models are far below:
+# the zoo's largest takes 19 layers and 114 steps (repeats are a count, not copies), and 200 transformer blocks
+# written out by hand (tests/test_hostile_core.py) 1,800 layers and 11,000 steps.
+MAX_LAYERS = 20_000  # layers, modules and element-wise ops created
+MAX_STEPS = 250_000  # expressions evaluated and blocks expanded
+MAX_STRING_CHARS = 1_000  # a `+` of strings; names and choices are a few words, and every value is shown in reports
 MAX_INT_BITS = 256  # hyperparameter arithmetic beyond 2**256 is a mistake, not a model
 _TYPES = {"int": int, "float": float, "bool": bool, "string": str}
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "string"}
@@ -131,13 +142,18 @@ def _type_name(v: Any) -> str:
 
 
 class Elaborator:
-    def __init__(self, main: S.SpecFile):
+    def __init__(self, main: S.SpecFile, saved: SavedSources | None = None):
         self.main = main
+        self.saved = saved  # a run's own copies of its sources: `use` reads these, not the filesystem
+        self.sources: dict[str, str] = {}  # name -> text of every file `use`d, in the order read
+        self.uses: list[tuple[str, str, str]] = []  # (using file, path as written, file it resolved to)
         self.errors: list[SpecError] = []
         self._seen: set[tuple[str, str]] = set()
         self.blocks: dict[str, S.BlockDef] = {}
         self.call_stack: list[tuple[str, Span]] = []
         self._read: set[str] = set()  # refs of tensor values some expression has read (unused-value check)
+        self._layers = self._steps = 0  # what the elaboration has created and done (the budget, MAX_LAYERS, MAX_STEPS)
+        self._over_budget = False
 
     # ---- errors ----
     def record(self, err: SpecError) -> None:
@@ -153,27 +169,56 @@ class Elaborator:
         self.record(SpecError(message, span, hint))
         raise _Abort
 
+    # ---- the budget ----
+    def _spend(self, span: Span, layers: int = 0) -> None:
+        """Count one step (and `layers` new IR nodes); past a limit, one located error, and from then on every step
+        fails silently, so that the rest of the spec unwinds at once instead of expanding further."""
+        if self._over_budget:
+            raise _Abort
+        self._steps += 1
+        self._layers += layers
+        if self._layers > MAX_LAYERS or self._steps > MAX_STEPS:
+            self._over_budget = True
+            self.fail(f"the spec expands to more than {MAX_LAYERS:,} layers" if self._layers > MAX_LAYERS else
+                      f"the spec takes more than {MAX_STEPS:,} steps to elaborate", span,
+                      hint="blocks that call blocks multiply; to apply a block n times write `repeat n { ... }`, "
+                           "which is a count, not copies")
+
     # ---- files ----
     def load_uses(self, spec: S.SpecFile, visiting: tuple[str, ...] = ()) -> None:
         for block in spec.blocks:
             self._add_block(block)
         for use in spec.uses:
-            path = self._resolve_use(use, spec.path)
+            path = self._resolve_saved(use, spec.path) if self.saved else self._resolve_use(use, spec.path)
             if path is None:
                 continue
-            key = os.path.realpath(path)
-            if key in visiting or key in self._loaded:
+            key = path if self.saved else os.path.realpath(path)
+            if key in visiting:
                 continue
-            self._loaded.add(key)
+            if key in self._loaded:
+                self.uses.append((spec.path, use.path, self._loaded[key]))
+                continue
             try:
-                used = parse_file(path)
+                name, text = (path, self.saved.files[path]) if self.saved else read_source(path)
+                used = parse_text(text, name)
             except SpecError as e:
                 e.add_note(f"in the file used at {use.span}")
                 self.record(e)
                 continue
+            self._loaded[key] = name
+            self.sources[name] = text
+            self.uses.append((spec.path, use.path, name))
             self.load_uses(used, visiting + (key,))
 
-    _loaded: set[str]
+    _loaded: dict[str, str]  # the files read so far (real path, or a saved name) -> their name
+
+    def _resolve_saved(self, use: S.Use, from_file: str) -> str | None:
+        """A `use` of a run's saved sources: the file it meant when the run was trained, never the filesystem."""
+        name = self.saved.links.get((from_file, use.path))
+        if name is None or name not in self.saved.files:
+            self.record(SpecError(f"'{use.path}' is not among the sources saved with this run", use.span))
+            return None
+        return name
 
     def _add_block(self, block: S.BlockDef) -> None:
         if block.name in KINDS:
@@ -188,11 +233,25 @@ class Elaborator:
         self.blocks[block.name] = block
 
     def _resolve_use(self, use: S.Use, from_file: str) -> str | None:
+        if not use.path.endswith(".spec"):  # nor will a parse error quote the first line of /etc/passwd
+            self.record(SpecError(f"cannot use '{use.path}': not a .spec file", use.span,
+                                  hint='use takes a .spec file, e.g. use "std/transformer.spec"'))
+            return None
         here = Path(from_file).parent if from_file and not from_file.startswith("<") else Path(".")
         for base in (here, specs_root()):
             candidate = base / use.path
-            if candidate.is_file():
-                return str(candidate)
+            try:
+                mode = os.stat(candidate).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:  # a name too long for the file system, a loop of links...
+                self.record(SpecError(f"cannot read '{use.path}' to use: {e.strerror or e}", use.span))
+                return None
+            if not stat.S_ISREG(mode):  # read_source's check, reported at the use
+                self.record(SpecError(f"'{use.path}' is not a regular file ({file_kind(mode)})", use.span,
+                                      hint="a spec is a text file"))
+                return None
+            return str(candidate)
         self.record(SpecError(f"cannot find '{use.path}' to use", use.span,
                               hint=f"paths are relative to the spec's folder, then to the library {specs_root()}"))
         return None
@@ -305,6 +364,7 @@ class Elaborator:
         return value
 
     def eval(self, expr, scope: _Scope, builder: _Builder | None):
+        self._spend(expr.span)
         if isinstance(expr, (S.Number, S.String, S.Bool)):
             if isinstance(expr, S.Number) and isinstance(expr.value, int) and expr.value.bit_length() > MAX_INT_BITS:
                 self.fail("number is too large (more than 2**256)", expr.span)
@@ -377,6 +437,8 @@ class Elaborator:
             same = a == b and type(a) is type(b) if isinstance(a, bool) or isinstance(b, bool) else a == b
             return same if op == "==" else not same
         if op == "+" and isinstance(a, str) and isinstance(b, str):
+            if len(a) + len(b) > MAX_STRING_CHARS:
+                self.fail(f"string is longer than {MAX_STRING_CHARS:,} characters", expr.span)
             return a + b
         for v, side in ((a, expr.left), (b, expr.right)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -424,6 +486,7 @@ class Elaborator:
             out_type = a.type
         else:
             out_type = a.type if isinstance(a, TVal) else b.type
+        self._spend(expr.span, layers=1)
         out = builder.fresh()
         builder.ops.append(ir.Op(name, tuple(v.ref if isinstance(v, TVal) else v for v in (a, b)), out))
         return TVal(out_type, out)
@@ -534,6 +597,7 @@ class Elaborator:
             shapes = kind.params(a)
         except ShapeError as e:
             self.fail(str(e), stage.span)
+        self._spend(stage.span, layers=1)
         name = self._claim_name(stage.label, kind.name.lower(), stage.label_span or stage.span, builder)
         params = []
         for pname, shape in shapes.items():
@@ -583,7 +647,7 @@ class Elaborator:
         if not isinstance(expr, S.Name):
             self.fail("tie takes the label of a layer, e.g. `tie = wte`", expr.span)
         found = builder.find_label(expr.id)
-        if found is None and _labelled_in_repeat(builder, expr.id):
+        if found is None and _labelled_in_repeat(builder, expr.id, lambda: self._spend(expr.span)):
             self.fail(f"cannot tie to '{expr.id}': it is inside a repeat, whose layers are not visible outside it",
                       expr.span)
         if found is None:
@@ -615,6 +679,7 @@ class Elaborator:
     def apply_block(self, stage: S.LayerCall, block: S.BlockDef, x: TVal, scope: _Scope, builder: _Builder):
         if len(self.call_stack) >= MAX_BLOCK_DEPTH:
             self.fail(f"blocks nest more than {MAX_BLOCK_DEPTH} deep: does '{block.name}' call itself?", stage.span)
+        self._spend(stage.span, layers=stage.label is not None)  # a labelled call is a module
         names = [p.name for p in block.params]
         bound = self._bind_args(f"block '{block.name}'", names, stage.args, stage.span)
         if "frozen" in bound:
@@ -672,6 +737,7 @@ class Elaborator:
             self.fail(f"repeat count must be an int, got {_type_name(count)} {count!r}", stage.count.span)
         if count < 1:
             self.fail(f"repeat count must be at least 1, got {count}", stage.count.span)
+        self._spend(stage.span, layers=1)
         name = self._claim_name(stage.label, "repeat", stage.label_span or stage.span, builder)
         prefix = builder.path + name + "." + ("" if stage.shared else "{i}.")
         inner = _Builder(name, "repeat", stage.span, prefix, builder, builder.in_repeat or not stage.shared)
@@ -850,7 +916,7 @@ class Elaborator:
     # ---- the model ----
     def model(self, preset: str | None, overrides: dict[str, Any]) -> ir.Model:
         spec = self.main
-        self._loaded = set()
+        self._loaded = {}
         self.load_uses(spec)
         hyper = self.hyperparameters(preset, overrides)
         if not spec.models:
@@ -874,7 +940,8 @@ class Elaborator:
         module = ir.Module("", model_def.name, tuple(root.children), tuple(root.ops),
                            tuple(i.name for i in inputs), tuple(v.ref for _, v in outputs), model_def.span)
         return ir.Model(model_def.name, module, inputs, tuple((n, v.type) for n, v in outputs),
-                        {k: v for k, v in hyper.items()}, path=spec.path, preset=preset, train=train)
+                        {k: v for k, v in hyper.items()}, path=spec.path, preset=preset, train=train,
+                        sources=tuple(self.sources.items()), uses=tuple(self.uses))
 
     def train_settings(self, spec: S.SpecFile, hyper: dict[str, Any]) -> dict[str, Any]:
         """The `train { ... }` section, each value checked against the setting's type (specdsl/train/config.py)."""
@@ -911,13 +978,15 @@ class Elaborator:
         return settings
 
 
-def _labelled_in_repeat(builder: _Builder, label: str) -> bool:
+def _labelled_in_repeat(builder: _Builder, label: str, step) -> bool:
     """Whether a layer named `label` sits inside a repeat already built in this scope or an enclosing one (its label
-    is not visible from outside, but "no layer labelled" would be a confusing thing to say)."""
+    is not visible from outside, but "no layer labelled" would be a confusing thing to say). `step()` is called for
+    each node visited: a block with a bad tie, called 10**4 times, would walk up to MAX_LAYERS nodes each time."""
     b = builder
     while b is not None:
         stack = [(child, False) for child in b.children]
         while stack:
+            step()
             node, under_repeat = stack.pop()
             if isinstance(node, ir.Module):
                 stack.extend((c, under_repeat or node.is_repeat) for c in node.children)
@@ -945,27 +1014,42 @@ def _names_in(expr):
             yield from _names_in(a)
 
 
-def elaborate(spec: S.SpecFile, preset: str | None = None, overrides: dict[str, Any] | None = None) -> ir.Model:
+@dataclass(frozen=True)
+class SavedSources:
+    """A spec's files as a run saved them: texts by name, and which file each `use` resolved to."""
+
+    files: dict[str, str]
+    links: dict[tuple[str, str], str]
+
+
+def elaborate(spec: S.SpecFile, preset: str | None = None, overrides: dict[str, Any] | None = None,
+              saved: SavedSources | None = None) -> ir.Model:
     try:
-        return Elaborator(spec).model(preset, dict(overrides or {}))
+        return Elaborator(spec, saved).model(preset, dict(overrides or {}))
     except RecursionError:
         raise SpecError("the spec nests too deeply to elaborate", Span(spec.path, 1, 1)) from None
 
 
 def load(path: str | os.PathLike, preset: str | None = None, overrides: dict[str, Any] | None = None) -> ir.Model:
     """Read, parse and elaborate a spec file. Raises SpecError (with every error found) on bad input."""
-    spec = parse_file(path)
-    model = elaborate(spec, preset, overrides)
-    from .errors import _SOURCES
-    return _with_source(model, _SOURCES.get(str(path), ""))
+    name, text = read_source(path)
+    return _with_source(elaborate(parse_text(text, name), preset, overrides), text)
 
 
 def loads(text: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
           name: str = "<string>") -> ir.Model:
-    spec = parse_text(text, name)
-    return _with_source(elaborate(spec, preset, overrides), text)
+    return _with_source(elaborate(parse_text(text, name), preset, overrides), text)
+
+
+def load_saved(sources: list[tuple[str, str]], uses: list[tuple[str, str, str]], preset: str | None = None,
+               overrides: dict[str, Any] | None = None) -> ir.Model:
+    """Elaborate a spec from saved sources (a run directory's): `sources` is (name, text), the main file first;
+    `uses` says which saved file each `use` resolved to when they were saved."""
+    (name, text), files = sources[0], dict(sources)
+    saved = SavedSources(files, {(using, written): to for using, written, to in uses})
+    return _with_source(elaborate(parse_text(text, name), preset, overrides, saved), text)
 
 
 def _with_source(model: ir.Model, source: str) -> ir.Model:
     from dataclasses import replace
-    return replace(model, source=source)
+    return replace(model, source=source, sources=((model.path, source),) + model.sources)

@@ -95,6 +95,10 @@ class Model:
     source: str = field(default="", repr=False)
     preset: str | None = None
     train: dict[str, Any] = field(default_factory=dict, hash=False)  # the spec's `train { ... }` settings
+    # Every file of the spec as (name, text), the main file first, and which file each `use` resolved to
+    # (using file, path as written, file): what a run directory saves so it compiles from its own copies.
+    sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    uses: tuple[tuple[str, str, str], ...] = field(default=(), repr=False)
 
     def parameters(self) -> Iterator[tuple[str, Param, int]]:
         """Every parameter tensor as (full path, Param, multiplicity), repeats not unrolled: the path of a repeated

@@ -17,6 +17,7 @@ from lark import Token, Transformer
 
 from . import syntax as S
 from .errors import Span, SpecError, register_source
+from .io import open_regular
 from .resources import grammar_path
 
 MAX_SOURCE_BYTES = 1_000_000  # a spec is a page of text; a megabyte is a mistake (a data file, a binary)
@@ -310,8 +311,8 @@ class _ToAst(Transformer):
 
     # ---- top level ----
     def use_stmt(self, children):
-        keyword, path = children
-        return S.Use(_unquote(str(path)), _join(self._t(keyword), self._t(path)))
+        _, path = children
+        return S.Use(_unquote(str(path)), self._t(path))  # the path is what every error about a use is about
 
     def param_decl(self, children):
         tok, typ, value = children
@@ -508,21 +509,17 @@ def read_source(path: str | os.PathLike) -> tuple[str, str]:
     """Read a spec file: (display name, text). Every failure is a SpecError naming the path."""
     name = str(path)
     where = Span(name, 1, 1)
-    try:
-        if os.path.isdir(path):
-            raise SpecError(f"'{name}' is a directory, not a spec file", where)
-        size = os.path.getsize(path)
-        if size > MAX_SOURCE_BYTES:
-            raise SpecError(f"spec file is {size:,} bytes; specs larger than {MAX_SOURCE_BYTES:,} bytes are refused",
-                            where, hint="is this the right file?")
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise SpecError(f"no such file: '{name}'", where) from None
-    except PermissionError:
-        raise SpecError(f"permission denied: '{name}'", where) from None
-    except OSError as e:
-        raise SpecError(f"cannot read '{name}': {e.strerror or e}", where) from None
+    with open_regular(path, where, hint="a spec is a text file") as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_SOURCE_BYTES:
+                raise SpecError(f"spec file is {size:,} bytes; specs larger than {MAX_SOURCE_BYTES:,} bytes are "
+                                "refused", where, hint="is this the right file?")
+            data = f.read(MAX_SOURCE_BYTES + 1)  # one byte past the limit at most: a file may grow as it is read
+        except OSError as e:
+            raise SpecError(f"cannot read '{name}': {e.strerror or e}", where) from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise SpecError(f"spec file is larger than {MAX_SOURCE_BYTES:,} bytes", where, hint="is this the right file?")
     return name, decode_source(data, name)
 
 

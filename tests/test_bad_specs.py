@@ -166,7 +166,7 @@ NAMES = [
     case("set-float-for-typed-int", top("param d: int = 64"),
          1, 7, ("'d' is declared int", "1.5"), overrides={"d": 1.5}),
     case("use-missing-file", 'use "nope/missing.spec"\n' + PLAIN,
-         1, 1, "cannot find 'nope/missing.spec'", hint="relative to the spec's folder"),
+         1, 5, "cannot find 'nope/missing.spec'", hint="relative to the spec's folder"),
 ]
 
 ARGUMENTS = [
@@ -416,7 +416,7 @@ def test_errors_in_a_used_file_point_into_that_file(tmp_path):
         specdsl.load(main)
     d = info.value.errors[0]
     assert (Path(d.span.file).name, d.span.line) == ("lib.spec", 4)
-    assert any(f"{main}:1:1" in n for n in d.notes), d.notes
+    assert any(f"{main}:1:5" in n for n in d.notes), d.notes  # at the path of the use
 
 
 # ---------------------------------------------------------------- several errors at once

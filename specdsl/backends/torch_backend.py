@@ -9,8 +9,6 @@ graph module that runs its ops in order. Parameter names are the IR's parameter 
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -18,6 +16,7 @@ from .. import ir
 from ..errors import SpecError
 from ..kinds import KINDS, Args
 from ..shapes import Sym
+from ..system import available_memory
 from .torch_modules import DecodeState, init_gpt2_
 
 _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
@@ -133,49 +132,80 @@ def _tie(root: nn.Module, model: ir.Model) -> None:
             setattr(owner, leaf, root.get_parameter(p.tied_to))
 
 
-_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
+# The most module instances, or layer applications in one forward pass, a PyTorch module is built with. A repeat is a
+# count in the IR (`repeat 10**15 { ReLU }` compiles and is counted) but here each iteration of a non-shared repeat
+# is modules, and a shared one runs its body `count` times a forward. Measured on the 2-core test machine with
+# `repeat N { ReLU }`: 150 us and 4 KB to build an iteration, 20 us to apply one; so 10**5 is 15 s and 400 MB to
+# build, 2 s a forward pass. The largest zoo model needs 582 (GPT-3; GPT-4's spec 484, LLaMA-2-70B 324).
+MAX_TORCH_APPLICATIONS = 10**5
+
+
+def torch_size(model: ir.Model) -> tuple[int, int]:
+    """(module instances, layer applications per forward pass) of the model's PyTorch form, counted without building
+    it. A SpecError at the repeat (or layer) that takes either past MAX_TORCH_APPLICATIONS."""
+    def size(module: ir.Module) -> tuple[int, int]:
+        instances = applications = 0
+        for child in module.children:
+            i, a = (1, 1) if isinstance(child, ir.Layer) else size(child)
+            instances, applications = instances + i + isinstance(child, ir.Module), applications + a
+            check(instances, applications, child.span)
+        if module.is_repeat:  # a graph module runs the body: one, or one an iteration
+            instances = instances + 1 if module.shared else (instances + 1) * module.count
+            applications *= module.count
+            check(instances, applications, module.span)
+        return instances, applications
+
+    def check(instances: int, applications: int, span) -> None:
+        if max(instances, applications) > MAX_TORCH_APPLICATIONS:
+            what = "module instances" if instances > MAX_TORCH_APPLICATIONS else "layer applications per forward pass"
+            raise SpecError(f"too large for PyTorch: more than {MAX_TORCH_APPLICATIONS:,} {what}", span,
+                            hint="specc compile counts such a model; to build it, lower the repeat count (--set)")
+
+    return size(model.root)
 
 
 def _free_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        return available_memory()
     return None
 
 
 def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SpecModule:
-    """Build the torch module of a spec (a `specdsl.Compiled` or an `ir.Model`).
+    """Build the torch module of a spec (a `specdsl.Compiled` or an `ir.Model`), directly in `dtype`.
 
-    Refuses, before allocating anything, a model whose weights would not fit in the device's free memory; build
-    such a model on device="meta" to inspect it."""
+    Refuses, before allocating anything, a model with more modules or layer applications than PyTorch can run
+    (MAX_TORCH_APPLICATIONS), and one whose weights would not fit in the device's free memory; build such a model
+    on device="meta" to inspect it."""
     from .. import Compiled
     from ..analysis import analyse
     if isinstance(model, Compiled):
         model, total = model.model, model.analysis.total
     else:
         total = analyse(model).total
+    torch_size(model)
     device = torch.device(device)
     if device.type != "meta":
-        need = total * _BYTES.get(dtype, 4)
+        # What the build allocates: each distinct weight once (tied ones are one tensor), in `dtype`, and nothing
+        # else (no buffers), as it is built in `dtype` (tests/test_hostile_core.py measures the peak).
+        need = total * dtype.itemsize
         free = _free_bytes(device)
         if free is not None and need > 0.9 * free:
             raise SpecError(f"model '{model.name}' needs {need / 2**30:,.1f} GiB for its {total:,} weights but "
                             f"{device} has {free / 2**30:,.1f} GiB free", model.root.span,
                             hint="build it with device='meta' to inspect it, or shrink it with --set")
-    with torch.device(device):
-        module = SpecModule(model)
-    if device.type != "meta":
-        init_gpt2_(module)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # the modules create their weights in it: no fp32 copy on the way
+    try:
+        with torch.device(device):
+            module = SpecModule(model)
+        if device.type != "meta":
+            init_gpt2_(module)
+    finally:
+        torch.set_default_dtype(default)
     _tie(module, model)
-    return module.to(dtype=dtype)
+    return module
 
 
 def cache_slots(model: ir.Model) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ then v) and the output projection `out` [d, heads head_dim].
 from __future__ import annotations
 
 from ..shapes import ShapeError, concrete_count, max_extent
-from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, non_negative, positive, probability
+from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, int64, non_negative, positive, probability
 
 
 def _default_head_dim(a):
@@ -33,7 +33,8 @@ class Attention(Kind):
         Arg("out_bias", bool, lambda a: a.bias, doc="bias on the output projection; follows bias by default"),
         Arg("rope", bool, False, doc="rotary position embedding on q and k"),
         Arg("rope_theta", float, 10000.0, check=positive, doc="rotary base frequency"),
-        Arg("window", int, 0, check=non_negative, doc="sliding-window size; 0 means full attention"),
+        Arg("window", int, 0, check=lambda v: non_negative(v) or int64(v),
+            doc="sliding-window size; 0 means full attention"),
         Arg("dropout", float, 0.0, check=probability, doc="dropout on attention weights"),
     )
 

@@ -54,6 +54,12 @@ def probability(v) -> str | None:
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def int64(v) -> str | None:
+    """Positions and indices reach torch as int64 (a larger Python int is an OverflowError mid-forward); no
+    sequence is anywhere near that long."""
+    return None if -2**63 <= v < 2**63 else "must fit in 64 bits, like torch's positions and indices"
+
+
 class Args(dict):
     """Resolved arguments, readable as attributes: a.d, a.heads."""
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from math import prod
 
-from ..shapes import ShapeError, Sym, TensorType, concrete_count
-from .base import Arg, Kind, TorchForm, expect_float, non_negative, positive
+from ..shapes import ShapeError, Sym, TensorType, concrete_count, max_extent
+from .base import Arg, Kind, TorchForm, expect_float, int64, non_negative, positive
 
 
 def _out_extent(n, kernel: int, stride: int, padding: int, what: str):
@@ -103,14 +103,14 @@ class Flatten(Kind):
 class Select(Kind):
     name = "Select"
     summary = "take one index of a dim, removing it: BERT's pooler reads token 0 with Select(dim = 1, index = 0)"
-    args = (Arg("dim", int, 1), Arg("index", int, 0))
+    args = (Arg("dim", int, 1), Arg("index", int, 0, check=int64))
 
     def output_type(self, a, x):
         dim = a.dim if a.dim >= 0 else x.rank + a.dim
         if not 0 <= dim < x.rank:
             raise ShapeError(f"Select(dim={a.dim}) is out of range for {x}")
-        extent = x.shape[dim]
-        if isinstance(extent, int) and not -extent <= a.index < extent:
+        extent = max_extent(x.shape[dim])  # a fixed length, or the bound of `seq <= ctx`
+        if extent is not None and not -extent <= a.index < extent:
             raise ShapeError(f"Select(index={a.index}) is out of range for dim {dim} of {x}")
         return TensorType(x.dtype, x.shape[:dim] + x.shape[dim + 1:])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..shapes import ShapeError
 from .base import Arg, Kind, TorchForm, expect_float, probability
 
 # The activation names accepted wherever a kind takes `act = ...` (MLP, GatedMLP, MoE).
@@ -71,6 +72,11 @@ class Softmax(_Activation):
     name = "Softmax"
     summary = "softmax over a dim (the last by default)"
     args = (Arg("dim", int, -1),)
+
+    def output_type(self, a, x):
+        if not -x.rank <= a.dim < x.rank:
+            raise ShapeError(f"Softmax(dim={a.dim}) is out of range for {x}")
+        return super().output_type(a, x)
 
     def torch_form(self, a):
         return TorchForm("Softmax", (a.dim,))
