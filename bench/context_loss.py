@@ -35,8 +35,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    module, _, ctx = load_run(args.run_dir)
-    data = TokenData(Path(args.run_dir) / "data")
+    module, tokenizer, ctx = load_run(args.run_dir)
+    data = TokenData(Path(args.run_dir) / "data", tokenizer)
     generator = torch.Generator().manual_seed(args.seed)
     rows = []  # [sequences, ctx]: the loss of each position of each validation window
     with torch.no_grad():

@@ -3,7 +3,9 @@ that need it, so `specc compile` and `specc --help` stay fast."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from enum import Enum
 from typing import Optional
@@ -17,12 +19,31 @@ from .errors import Span, SpecError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="specc: compile declarative model specs to exact counts, PyTorch and ONNX.")
 
+# Exit codes: 2 for bad input (a located or named error), 1 for a failure that is not the input's (an internal
+# error, a full disk), 128 + N for a signal (130 after Ctrl-C, with the last completed step saved).
 EXIT_SPEC_ERROR = 2
+EXIT_FAILURE = 1
+_debug = bool(os.environ.get("SPECC_DEBUG"))
+
+# OSErrors that say a path given to specc is wrong, not that the machine failed.
+_BAD_PATH = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM}
+# What each optional dependency comes with: a command that needs one says how to install it.
+_EXTRAS = {"torch": "train", "numpy": "train", "safetensors": "train", "matplotlib": "train", "sklearn": "train",
+           "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
+
+
+def _exit(code: int, message: str = "") -> None:
+    """Print a report once and exit: under `--nproc`, workers hand it to the launcher, which prints rank 0's."""
+    from .launch import report
+    from .text import printable
+    message = printable(message, keep="\t\n")  # file names and values in it are the user's, or a file's
+    if not report(code, message) and message and (os.environ.get("RANK", "0") == "0" or code == EXIT_FAILURE):
+        print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 def _fail(err: SpecError) -> None:
-    print(str(err), file=sys.stderr)
-    raise typer.Exit(EXIT_SPEC_ERROR)
+    _exit(EXIT_SPEC_ERROR, str(err))
 
 
 def _overrides(sets: list[str]) -> dict:
@@ -42,8 +63,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")) -> None:
-    pass
+                                                help="Print the version and exit."),
+         debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error.")) -> None:
+    global _debug
+    _debug = _debug or debug
 
 
 @app.command("compile")
@@ -63,9 +86,22 @@ def compile_(
         _fail(e)
     if emit_torch:
         from . import emit_torch as emit
-        from .io import write_text_atomic
-        write_text_atomic(emit_torch, emit(compiled))
-        print(f"wrote {emit_torch}", file=sys.stderr)
+        from .io import check_output, write_text_atomic
+        from .text import printable
+        if emit_torch == "-":  # the source is all of stdout: `specc compile S --emit-torch - > model.py`
+            if as_json:
+                _fail(SpecError("--emit-torch - writes the source to stdout, which cannot also carry --json",
+                                Span("--emit-torch", 0, 0)))
+            sys.stdout.write(emit(compiled))
+            return
+        try:
+            check_output(emit_torch)
+            write_text_atomic(emit_torch, emit(compiled))
+        except SpecError as e:
+            _fail(e)
+        except OSError as e:  # after the check: a full disk, or the folder changed meanwhile
+            _fail(SpecError(f"cannot write '{emit_torch}': {e.strerror}", Span(emit_torch, 0, 0)))
+        print(f"wrote {printable(emit_torch)}", file=sys.stderr)
     if as_json:
         print(json.dumps(compiled.to_json(), indent=2))
     else:
@@ -86,7 +122,7 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed: a CPU run is deterministic."),
     out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/<model>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes, through torchrun (DDP; gloo on CPU)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes, through torchrun (DDP; gloo on CPU)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard parameters with FSDP2 (with --nproc)."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between evaluations."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Evaluations without improvement to stop."),
@@ -98,24 +134,21 @@ def train_cmd(
 ) -> None:
     """Train a spec: checkpoints, evaluation on held-out data, a loss plot and a summary."""
     if nproc > 1:
-        import os
-        import subprocess
-        argv = _without_option(sys.argv[1:], "--nproc")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "specdsl.cli"] + argv
-        raise typer.Exit(subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        from .launch import launch
+        raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     flags = dict(data=data, tokenizer=tokenizer, steps=steps, batch=batch, lr=lr, seed=seed, out=out,
                  eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, decay_steps=decay_steps,
                  dtype=dtype,
                  fsdp=fsdp or None)
+    from .train.loop import ReportedByRankZero, TrainingInterrupted, train
     try:
-        from .train.loop import train
         train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume)
     except SpecError as e:
         _fail(e)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(EXIT_SPEC_ERROR) from None
+    except ReportedByRankZero:
+        _exit(EXIT_SPEC_ERROR)
+    except TrainingInterrupted as e:
+        _exit(128 + e.signum)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -144,7 +177,7 @@ PROMPT = typer.Option("\n", "--prompt", help="Text to continue (at least one tok
 MAX_NEW_TOKENS = typer.Option(200, "--max-new-tokens", min=0, help="Tokens to generate.")
 TEMPERATURE = typer.Option(0.8, "--temperature", min=0.0, help="0 is greedy.")
 TOP_K = typer.Option(None, "--top-k", min=0, help="Sample among the k most likely tokens (0: all).")
-SEED = typer.Option(0, "--seed")
+SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1)  # what both torch's and numpy's generators take
 OVERFLOW = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP)
 
 
@@ -161,10 +194,21 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 def _stream(prompt: str, tokens, tokenizer) -> None:
-    sys.stdout.write(prompt)
-    for token in tokens:
-        sys.stdout.write(tokenizer.decode([token]))
-        sys.stdout.flush()
+    from .text import printable
+
+    # Generated text is the product: into a file or a pipe it goes as is. A terminal is another matter: the model
+    # comes from a file and may emit escape sequences, so there controls other than newline and tab are shown.
+    def show(text: str) -> str:
+        return printable(text, keep="\t\n") if sys.stdout.isatty() else text
+
+    sys.stdout.write(show(prompt))
+    try:
+        for piece in tokenizer.stream(tokens):  # whole characters, even when a token is a part of one (bytes)
+            sys.stdout.write(show(piece))
+            sys.stdout.flush()
+    except SpecError as e:
+        sys.stdout.write("\n")
+        _fail(e)
     sys.stdout.write("\n")
 
 
@@ -185,7 +229,8 @@ def sample_cmd(
         ids = _prompt_ids(tokenizer, prompt)
     except SpecError as e:
         _fail(e)
-    _stream(prompt, generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed, overflow.value), tokenizer)
+    _stream(prompt, generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed, overflow.value,
+                             vocab=tokenizer.data_size), tokenizer)
 
 
 @app.command("export")
@@ -245,13 +290,31 @@ def run() -> None:
     try:
         app()
     except SpecError as e:  # pragma: no cover - commands catch their own
-        print(str(e), file=sys.stderr)
-        sys.exit(EXIT_SPEC_ERROR)
+        _fail(e)
     except KeyboardInterrupt:
-        sys.exit(130)
+        _exit(130)
     except RecursionError:
-        print("error: input nests too deeply", file=sys.stderr)
-        sys.exit(EXIT_SPEC_ERROR)
+        _exit(EXIT_SPEC_ERROR, "error: input nests too deeply")
+    except ModuleNotFoundError as e:
+        extra = _EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None or _debug:
+            raise
+        torch_first = "install PyTorch first (pip install torch; see README), then " if e.name == "torch" else ""
+        _exit(EXIT_FAILURE, f"error: this command needs {e.name}, which is not installed\n"
+                            f"hint: {torch_first}pip install 'specdsl[{extra}]'")
+    except MemoryError:
+        _exit(EXIT_FAILURE, "error: out of memory\nhint: a smaller model (--set), batch or input")
+    except OSError as e:  # said in one line: a path the user gave (exit 2), or the machine's trouble (a full disk)
+        if _debug:
+            raise
+        where = f": '{e.filename}'" if e.filename else ""
+        _exit(EXIT_SPEC_ERROR if e.errno in _BAD_PATH else EXIT_FAILURE, f"error: {e.strerror or e}{where}")
+    except Exception as e:
+        if _debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        _exit(EXIT_FAILURE, f"specc: internal error: {type(e).__name__}: {first}\nhint: this is a bug in specc; "
+                            "rerun with `specc --debug ...` for the traceback and report it")
 
 
 if __name__ == "__main__":

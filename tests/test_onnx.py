@@ -121,8 +121,8 @@ def test_overflow_windows_stay_within_the_context():
 
 
 def _from_run(run):
-    from specdsl.train.loop import loads_for_run
-    compiled, record = loads_for_run(run)
+    from specdsl.train import rundir
+    compiled, _ = rundir.compile_run(rundir.open_existing(run))
     return (compiled,)
 
 

@@ -93,7 +93,7 @@ def test_resume_refuses_another_spec_or_settings(tmp_path):
     run(tmp_path / "r", 5)
     with pytest.raises(specdsl.SpecError, match="batch"):
         run(tmp_path / "r", 10, resume=True, batch=8)
-    with pytest.raises(specdsl.SpecError, match="different spec"):
+    with pytest.raises(specdsl.SpecError, match="not the one the run was trained from"):
         run(tmp_path / "r", 10, resume=True, spec="gpt2.spec", sets={**TINY, "vocab": 40})
     with pytest.raises(specdsl.SpecError, match="already holds a run"):
         run(tmp_path / "r", 10)

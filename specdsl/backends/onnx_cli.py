@@ -2,46 +2,45 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from .. import load
 from ..errors import Span, SpecError
+from ..text import printable
 
 
 def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: str | None,
                    quantize: str | None) -> dict:
     console = Console(soft_wrap=True)  # paths and figures stay on their lines
-    weights, tokenizer, val_folder, val_task = None, None, None, None
-    if checkpoint:
-        from ..train import checkpoint as ckpt
-        run = Path(checkpoint)
-        where = Span(str(run), 0, 0)
-        if not (run / "run.json").is_file():
-            raise SpecError(f"'{run}' is not a run directory (no run.json)", where,
-                            hint="pass the --out folder of `specc train`")
-        weights = ckpt.resolve(run / "best") or ckpt.resolve(run / "last")
+    weights, tokenizer, val_task, run = None, None, None, None
+    if checkpoint:  # the run decides the model: its own sources, preset and --set values
+        from ..train import rundir
+        run = rundir.open_existing(checkpoint)
+        weights = run.complete("best") or run.complete("last")
         if weights is None:
-            raise SpecError(f"no complete checkpoint in '{run}'", where)
-        record = json.loads((run / "run.json").read_text(encoding="utf-8"))
-        source = Path(spec).read_text(encoding="utf-8") if Path(spec).is_file() else ""
-        if source and hashlib.sha256(source.encode()).hexdigest() != record["spec_hash"]:
-            raise SpecError(f"'{run}' was trained from another spec than '{spec}'", where,
-                            hint=f"its spec is saved as {run / 'spec.spec'}")
-        overrides = {**record.get("overrides", {}), **overrides}
-        preset = preset or record.get("preset")
-        tokenizer = record.get("tokenizer")
-        if (run / "data" / "val.bin").is_file():
-            val_folder = run / "data"
-    compiled = load(spec, preset=preset, overrides=overrides)
-    if val_folder is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
-        from ..tokenizer import Tokenizer
+            raise SpecError(f"no complete checkpoint in '{run.path}'", Span(str(run.path), 0, 0))
+        compiled, record = rundir.compile_run(run, preset, overrides)
+        given = load(spec, preset=record["preset"], overrides=record["overrides"])
+        problems = rundir.source_changes(record["sources"], [{"name": n, "sha256": rundir.sha256(t.encode())}
+                                                             for n, t in given.model.sources])
+        if problems:
+            raise SpecError(f"'{run.path}' was trained from another spec than '{spec}': " + "; ".join(problems),
+                            Span(str(run.path), 0, 0), hint=f"its spec is saved as {run.path / rundir.MAIN_SOURCE}")
+        tokenizer = record["tokenizer"]
+    else:
+        compiled = load(spec, preset=preset, overrides=overrides)
+    from .onnx_generate import export_paths
+    export_paths(compiled.model, output, quantize)  # before torch is imported: seconds before a refusal otherwise
+    if run is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
         from ..train.data import TokenData
         from ..train.loop import context_length, language_task
-        val_task = language_task(TokenData(val_folder), Tokenizer.from_json(tokenizer), context_length(compiled.model))
+        from ..train.rundir import DATA
+        val_task = language_task(TokenData(run.path / DATA, run.tokenizer()), run.tokenizer(),
+                                 context_length(compiled.model))
     if weights is None:
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
     from .onnx_export import export
@@ -52,19 +51,25 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
     return report
 
 
+def _shown(path) -> str:
+    """A path in rich markup: shown, never obeyed (neither as markup nor by the terminal)."""
+    return escape(printable(str(path)))
+
+
 def _print_report(console: Console, r: dict) -> None:
-    console.print(f"wrote [bold]{r['file']}[/bold]: {r['bytes']:,} bytes for {r['params']:,} parameters "
+    console.print(f"wrote [bold]{_shown(r['file'])}[/bold]: {r['bytes']:,} bytes for {r['params']:,} parameters "
                   f"({r['bytes'] / (4 * r['params']):.3f} x 4 bytes each)")
     for c in r["checks"]:
         seq = f", seq {c['seq']}" if c["seq"] else ""
         console.print(f"  onnxruntime vs PyTorch, batch {c['batch']}{seq}: max |diff| {c['max_abs_diff']:.2e}")
     if "decode" in r:
         d = r["decode"]
-        console.print(f"wrote [bold]{d['file']}[/bold]: decoding graph with a KV cache for {d['layers']} attention "
-                      f"layers; cache vs full graph max |diff| {d['cache_vs_full_max_abs_diff']:.2e}")
+        console.print(f"wrote [bold]{_shown(d['file'])}[/bold]: decoding graph with a KV cache for {d['layers']} "
+                      f"attention layers; cache vs full graph max |diff| {d['cache_vs_full_max_abs_diff']:.2e}")
     if "quantized" in r:
         q = r["quantized"]
-        line = f"wrote [bold]{q['file']}[/bold]: {q['bytes']:,} bytes ({q['bytes'] / q['fp32_bytes']:.2f} x fp32)"
+        line = (f"wrote [bold]{_shown(q['file'])}[/bold]: {q['bytes']:,} bytes "
+                f"({q['bytes'] / q['fp32_bytes']:.2f} x fp32)")
         if "val_loss" in q:
             line += (f"; validation loss {q['val_loss']['fp32']:.4f} -> {q['val_loss']['int8']:.4f} "
                      f"({q['val_loss_change']:+.4f})")
@@ -74,17 +79,20 @@ def _print_report(console: Console, r: dict) -> None:
 def inspect_command(path: str) -> None:
     from .onnx_generate import count_parameters, read_metadata
     meta = read_metadata(path)
-    console = Console(soft_wrap=True)  # paths and figures stay on their lines
+    console = Console(soft_wrap=True, highlight=False)  # paths and figures stay on their lines
+    # Keys, values and the path come from the file: plain Text (no markup), with controls shown (printable).
     if "specc.version" not in meta:
-        console.print(f"[yellow]{path} was not written by specc: no specc metadata[/yellow]")
+        console.print(Text(f"{printable(path)} was not written by specc: no specc metadata", style="yellow"))
     for key, value in meta.items():
-        if key == "specc.spec":
-            console.print(f"[bold]{key}[/bold]:")
-            console.print(value, markup=False, highlight=False)
+        if key == "specc.spec":  # the source, line by line
+            console.print(Text.assemble((printable(key), "bold"), ":"))
+            console.print(Text(printable(value, keep="\t\n")))
         else:
-            console.print(f"[bold]{key}[/bold]: {value}", markup=True, highlight=False)
+            console.print(Text.assemble((printable(key), "bold"), ": ", printable(value)))
     counted = count_parameters(path)
-    declared = meta.get("specc.params")
-    console.print(f"[bold]parameters in the file[/bold]: {counted:,}"
-                  + (f" (the spec says {int(declared):,})" if declared else ""))
-    console.print(f"[bold]file size[/bold]: {Path(path).stat().st_size:,} bytes")
+    declared = meta.get("specc.params", "")
+    said = ""
+    if declared.isascii() and declared.isdigit() and len(declared) < 100:  # a count, not whatever a file says
+        said = f" (the spec says {int(declared):,})"
+    console.print(Text.assemble(("parameters in the file", "bold"), f": {counted:,}{said}"))
+    console.print(Text.assemble(("file size", "bold"), f": {Path(path).stat().st_size:,} bytes"))

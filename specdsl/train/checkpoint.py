@@ -6,31 +6,25 @@ A checkpoint is a folder (`last/`, `best/`):
     optimizer.json          the rest of the optimizer's state (param groups)
     rng.safetensors         torch's CPU (and CUDA) generator states and the batch generator's state
     trainer.json            step, best validation loss, settings, tokenizer, spec source and hash, Python's RNG
-It is written into a temporary folder beside the target, every file fsynced, then swapped in by renames: the old
-folder is renamed aside, the new one renamed into place, the old one deleted. A crash at any point leaves either
-the new or the old checkpoint whole; `resolve` finds it.
+It is written into a temporary folder of the run directory, every file fsynced, then swapped in by renames
+(train/rundir.py: a crash at any point leaves a whole checkpoint, which `RunDir.complete` finds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-TRAINER_FILE = "trainer.json"  # written last: a folder with it is complete
+from ..errors import Span, SpecError
+from .rundir import MARKER, dumps
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+TRAINER_FILE = MARKER  # written last: a folder with it is complete
 
 
 def _fsync_file(path: Path) -> None:
@@ -40,7 +34,7 @@ def _fsync_file(path: Path) -> None:
 
 def _write_json(path: Path, data) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
+        f.write(dumps(data))
         f.flush()
         os.fsync(f.fileno())
 
@@ -76,14 +70,14 @@ def capture(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[
     return weights, {"state": state, "param_groups": groups}
 
 
-def save(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+def save(run, name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
          trainer_state: dict, captured: tuple[dict, dict] | None = None) -> None:
-    folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    """Write checkpoint `name` (last, best) of a run directory; the run swaps it in whole (rundir.RunDir.swap_in)."""
     weights, opt = captured or capture(module, optimizer)
+    run.swap_in(name, lambda folder: _write(folder, weights, opt, generator, trainer_state))
+
+
+def _write(tmp: Path, weights: dict, opt: dict, generator: torch.Generator, trainer_state: dict) -> None:
     save_file(weights, str(tmp / "model.safetensors"))
     _fsync_file(tmp / "model.safetensors")
     _slow_for_tests()
@@ -104,33 +98,33 @@ def save(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer
     save_file(rng, str(tmp / "rng.safetensors"))
     _fsync_file(tmp / "rng.safetensors")
     _write_json(tmp / TRAINER_FILE, {**trainer_state, "python_rng": _python_rng_to_json()})
-    _fsync_dir(tmp)
-    old = folder.parent / f".{folder.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    _fsync_dir(folder.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def resolve(folder: Path) -> Path | None:
-    """The complete checkpoint for `folder`: itself, or the previous one set aside by an interrupted swap."""
-    folder = Path(folder)
-    for candidate in (folder, folder.parent / f".{folder.name}.old"):
-        if (candidate / TRAINER_FILE).is_file():
-            return candidate
-    return None
 
 
 def read_trainer_state(folder: Path) -> dict:
     return json.loads((Path(folder) / TRAINER_FILE).read_text(encoding="utf-8"))
 
 
+@contextlib.contextmanager
+def _reading(folder: Path):
+    """A checkpoint is a file from disk, possibly damaged or another model's: whatever fails reading it is a
+    SpecError naming it, not a traceback."""
+    try:
+        yield
+    except SpecError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise SpecError(f"cannot read the checkpoint '{folder}': {first}", Span(str(folder), 0, 0),
+                        hint="it is damaged, or was written for another model") from None
+
+
 def load_weights_into(module: torch.nn.Module, folder: Path) -> None:
-    state = load_file(str(Path(folder) / "model.safetensors"))
+    with _reading(folder):
+        _load_weights(module, Path(folder))
+
+
+def _load_weights(module: torch.nn.Module, folder: Path) -> None:
+    state = load_file(str(folder / "model.safetensors"))
     if _sharded(module):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
@@ -138,8 +132,12 @@ def load_weights_into(module: torch.nn.Module, folder: Path) -> None:
     params = dict(module.named_parameters())
     missing, unexpected = set(params) - set(state), set(state) - set(params)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {folder} does not fit the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(f"it does not fit the model: missing {sorted(missing)[:5]}, unexpected "
+                         f"{sorted(unexpected)[:5]}")
+    wrong = [f"{n} {tuple(state[n].shape)} (model {tuple(p.shape)})" for n, p in params.items()
+             if state[n].shape != p.shape]
+    if wrong:  # copy_ would broadcast a [1, d] tensor into [V, d] without a word
+        raise ValueError(f"shapes differ: {', '.join(wrong[:3])}")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state[name])
@@ -147,8 +145,14 @@ def load_weights_into(module: torch.nn.Module, folder: Path) -> None:
 
 def load(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
          generator: torch.Generator) -> dict:
-    folder = Path(folder)
-    load_weights_into(module, folder)
+    """Weights, optimizer, generators and the trainer's state of a checkpoint, for --resume."""
+    with _reading(folder):
+        return _load(Path(folder), module, optimizer, generator)
+
+
+def _load(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+          generator: torch.Generator) -> dict:
+    _load_weights(module, folder)
     tensors = load_file(str(folder / "optimizer.safetensors"))
     meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
     state: dict[int, dict] = {}

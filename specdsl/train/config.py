@@ -66,6 +66,8 @@ _RANGES = {
 
 def setting_problem(name: str, value: Any) -> str | None:
     """Why a setting's value is out of range, or None."""
+    if isinstance(value, float) and not math.isfinite(value):  # `--lr inf` would train NaN to the end
+        return f"training setting '{name}' must be a finite number, got {value!r}"
     if value is None or name not in _RANGES:
         return None
     test, what = _RANGES[name]
@@ -73,7 +75,8 @@ def setting_problem(name: str, value: Any) -> str | None:
 
 
 # Settings that must not change when a run is resumed: they change what the model or the data is.
-RESUME_INVARIANTS = ("batch", "accum", "seed", "tokenizer", "data", "dtype")
+# (The data is compared by content, not by path: train/rundir.py keeps its fingerprint.)
+RESUME_INVARIANTS = ("batch", "accum", "seed", "tokenizer", "dtype")
 
 
 def setting_type(name: str):

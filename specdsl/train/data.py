@@ -7,12 +7,17 @@ seeded torch.Generator whose state is saved with each checkpoint, so a resumed r
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from ..errors import Span, SpecError
+from ..io import open_regular
+from ..system import available_memory
 from ..tokenizer import Tokenizer
 
 TRAIN_FRACTION = 0.9  # nanoGPT's prepare.py
@@ -58,25 +63,67 @@ def builtin_text(seed: int = 0, sentences: int = 12000) -> str:
     return "\n".join(lines) + "\n"
 
 
-class TokenData:
-    """Token ids on disk as uint16 (`train.bin`, `val.bin`), read through numpy memory maps."""
+# Tokenizing holds the text, its code points (4 bytes each) and their ids (8) at once: about 16 bytes per byte of a
+# mostly-ASCII file, and more for wider characters. A corpus is refused when that would not fit in free memory.
+TOKENIZE_BYTES_PER_BYTE = 24
 
-    def __init__(self, folder: Path):
+
+def read_corpus(path: str) -> str:
+    """A text file to train on, read whole: a regular file, UTF-8, not empty, and small enough to tokenize here.
+    Every problem is a SpecError at --data."""
+    where = Span("--data", 0, 0)
+    with open_regular(path, where, hint="--data takes one text file") as f:
+        size = os.fstat(f.fileno()).st_size
+        free = available_memory()
+        if free is not None and size * TOKENIZE_BYTES_PER_BYTE > free:
+            raise SpecError(f"'{path}' is {size / 2**30:.1f} GiB: too large to tokenize in the {free / 2**30:.1f} "
+                            "GiB of free memory", where, hint="train on a part of it (specc reads a corpus whole)")
+        data = f.read(size + 1)  # the size seen above bounds the read, even if the file grows
+    if not data.strip():
+        raise SpecError(f"'{path}' is empty: there is no text to train on", where)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"'{path}' is not UTF-8 text (byte {e.start}): specc trains on text files", where) \
+            from None
+
+
+def token_dtype(vocab_size: int):
+    """The narrowest unsigned type for the ids: uint16 (nanoGPT's) up to 65,536 tokens, uint32 beyond."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """The ids of `text` as an array, without a Python object per character (the corpus may be large)."""
+    if tokenizer.kind == "byte":
+        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    else:
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.frombuffer(tokenizer.chars.encode("utf-32-le"), dtype=np.uint32)  # sorted: Tokenizer.fit
+        ids = np.searchsorted(table, points)
+        if len(points) and not np.array_equal(table[np.minimum(ids, len(table) - 1)], points):
+            raise ValueError("the text has characters outside the vocabulary")
+    return ids.astype(token_dtype(tokenizer.vocab_size))
+
+
+class TokenData:
+    """Token ids on disk (`train.bin`, `val.bin`; uint16, or uint32 for vocabularies over 65,536), read through
+    numpy memory maps."""
+
+    def __init__(self, folder: Path, tokenizer: Tokenizer):
         self.folder = Path(folder)
-        self.train = np.memmap(self.folder / "train.bin", dtype=np.uint16, mode="r")
-        self.val = np.memmap(self.folder / "val.bin", dtype=np.uint16, mode="r")
+        dtype = token_dtype(tokenizer.vocab_size)
+        self.train = np.memmap(self.folder / "train.bin", dtype=dtype, mode="r")
+        self.val = np.memmap(self.folder / "val.bin", dtype=dtype, mode="r")
 
     @staticmethod
-    def prepare(text: str, tokenizer: Tokenizer, folder: Path) -> TokenData:
-        folder.mkdir(parents=True, exist_ok=True)
-        ids = np.array(tokenizer.encode(text), dtype=np.uint16)
+    def prepare(ids: np.ndarray, tokenizer: Tokenizer, write: Callable[[str, bytes], None]) -> None:
+        """Split the ids (`encode_array`) and hand each file of the data folder to `write(name, bytes)` (the run
+        directory writes it atomically)."""
         split = int(len(ids) * TRAIN_FRACTION)
-        for name, part in (("train.bin", ids[:split]), ("val.bin", ids[split:])):
-            tmp = folder / (name + ".tmp")
-            part.tofile(tmp)
-            tmp.replace(folder / name)
-        (folder / "tokenizer.json").write_text(json.dumps(tokenizer.to_json()))
-        return TokenData(folder)
+        write("train.bin", ids[:split].tobytes())
+        write("val.bin", ids[split:].tobytes())
+        write("tokenizer.json", json.dumps(tokenizer.to_json()).encode("utf-8"))
 
     def batch(self, split: str, batch: int, ctx: int, generator: torch.Generator, rank: int = 0,
               world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -12,33 +11,26 @@ from .. import ir, to_torch
 from ..backends.torch_backend import Decoder, cache_slots
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..errors import Span, SpecError
-from . import checkpoint
-from .data import Tokenizer
-from .loop import context_length, loads_for_run
+from . import checkpoint, rundir
+from .loop import context_length
 
 
 def load_run(run_dir: str | Path, which: str = "best"):
     """(module in eval mode, tokenizer, context) of a run directory; `which` is best or last."""
-    run_dir = Path(run_dir)
-    where = Span(str(run_dir), 0, 0)
-    if not (run_dir / "run.json").is_file():
-        raise SpecError(f"'{run_dir}' is not a run directory (no run.json)", where,
-                        hint="pass the --out folder of `specc train`")
-    folder = checkpoint.resolve(run_dir / which) or checkpoint.resolve(run_dir / "last")
+    run = rundir.open_existing(run_dir)
+    where = Span(str(run.path), 0, 0)
+    folder = run.complete(which) or run.complete("last")
     if folder is None:
-        raise SpecError(f"no complete checkpoint in '{run_dir}'", where)
-    compiled, record = loads_for_run(run_dir)
-    if record.get("tokenizer") is None:
-        raise SpecError(f"'{run_dir}' holds a classifier: there is no text to sample", where)
-    if record["tokenizer"].get("mask"):
-        raise SpecError(f"'{run_dir}' holds a masked language model: it fills in [MASK] tokens from both sides and "
+        raise SpecError(f"no complete checkpoint in '{run.path}'", where, hint="train it (or --resume it) first")
+    compiled, record = rundir.compile_run(run)
+    if record["tokenizer"] is None:
+        raise SpecError(f"'{run.path}' holds a classifier: there is no text to sample", where)
+    tokenizer = run.tokenizer()
+    if tokenizer.mask:
+        raise SpecError(f"'{run.path}' holds a masked language model: it fills in [MASK] tokens from both sides and "
                         "does not continue text", where, hint="sample a causal model (GPT, LLaMA, nanoGPT)")
     module = to_torch(compiled).eval()
-    try:
-        checkpoint.load_weights_into(module, folder)
-    except Exception as e:  # a truncated or foreign file
-        raise SpecError(f"cannot read the checkpoint in '{folder}': {e}", where) from None
-    tokenizer = Tokenizer.from_json(json.loads((run_dir / "data" / "tokenizer.json").read_text()))
+    checkpoint.load_weights_into(module, folder)
     return module, tokenizer, context_length(compiled.model)
 
 
@@ -55,11 +47,13 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gene
 @torch.no_grad()
 def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, temperature: float = 1.0,
              top_k: int | None = None, seed: int = 0, overflow: str = DEFAULT_OVERFLOW,
-             cache: bool = True) -> Iterator[int]:
+             cache: bool = True, vocab: int | None = None) -> Iterator[int]:
     """Yield new token ids one by one. Past the context, `overflow` says which tokens the model sees
     (specdsl.context_window; "slide" is nanoGPT's generate). With `cache`, a causal model keeps its keys and values
     between calls (Decoder) and runs its window again only when the window moves; without, every token is a full
-    forward pass over the window (nanoGPT's generate), the reference the tests hold the cache to."""
+    forward pass over the window (nanoGPT's generate), the reference the tests hold the cache to. `vocab`: the ids
+    the tokenizer can decode (its data ids, without [MASK]); a model with a larger output vocabulary chooses among
+    the first `vocab` only."""
     generator = torch.Generator().manual_seed(seed)
     ids = list(prompt_ids)
     if not ids:
@@ -74,7 +68,7 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
             logits, *past = decoder(torch.tensor([ids[start:]], dtype=torch.long), *decoder.empty_cache(1))
         else:
             logits, *past = decoder(torch.tensor([ids[-1:]], dtype=torch.long), *past)
-        token = next_token(logits[0, -1].float(), temperature, top_k, generator)
+        token = next_token(logits[0, -1, :vocab].float(), temperature, top_k, generator)
         ids.append(token)
         yield token
         moved, start = start, window_start(start, len(ids), ctx, overflow)

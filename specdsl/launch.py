@@ -1,0 +1,74 @@
+"""`specc train --nproc N`: the same command run by N processes through torchrun, reported as one command.
+
+torchrun prints a traceback of its own whenever a worker exits non-zero, and every worker would print the same
+error. So the workers write their report (exit code, message) into a folder instead of printing it
+(`SPECC_REPORTS`); the launcher prints rank 0's report once and exits with its code. torchrun's own log lines are
+kept back and shown only when it failed without any report (a crash of torchrun or of a worker before it could
+report). Signals: torchrun runs in its own session, so Ctrl-C reaches it once, from here: the workers finish their
+step, save it and stop; a second Ctrl-C stops them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPORTS = "SPECC_REPORTS"
+_TORCHRUN_LOG = re.compile(r"^[DIWEF]\d{4} [\d:.]+ \d+ .*\] ")  # glog-style lines of torch.distributed's logger
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run `specc ARGV` in `nproc` processes; returns the exit code to use."""
+    with tempfile.TemporaryDirectory(prefix="specc-reports-") as reports, tempfile.TemporaryFile() as log:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "specdsl.cli"] + argv
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", REPORTS: reports}
+        proc = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
+        forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        report = _first_report(Path(reports))
+        log.seek(0)
+        lines = log.read().decode("utf-8", errors="replace").splitlines()
+    if report is not None:
+        code, message = report
+        if message:
+            print(message, file=sys.stderr)
+        return code
+    if code != 0:
+        print("\n".join(lines[-40:]), file=sys.stderr)
+        print(f"error: the training processes failed (torchrun exited with {code})", file=sys.stderr)
+        return 1
+    kept = [line for line in lines if not _TORCHRUN_LOG.match(line)]  # workers' own warnings
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+    return 0
+
+
+def report(code: int, message: str) -> bool:
+    """In a worker of `launch`: leave the report for the launcher and return True; elsewhere return False."""
+    folder = os.environ.get(REPORTS)
+    if not folder or not os.path.isdir(folder):
+        return False
+    rank = int(os.environ.get("RANK", "0"))
+    Path(folder, f"{rank:06d}").write_text(f"{code}\n{message}", encoding="utf-8")
+    return True
+
+
+def _first_report(folder: Path) -> tuple[int, str] | None:
+    """The report of the lowest rank that has one with a message (rank 0 says it best), else any code."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        code, _, message = path.read_text(encoding="utf-8").partition("\n")
+        found.append((int(code), message))
+    with_message = [r for r in found if r[1]]
+    return (with_message or found or [None])[0]
