@@ -1,12 +1,13 @@
 """Crash consistency of `specc train`: kill training at random moments (SIGKILL; SIGINT as Ctrl-C sends it;
-SIGTERM as a scheduler does), resume, and check that the weights and the loss log are bit-identical to a run that was never interrupted.
+SIGTERM as a scheduler does), resume, and check that the weights and the loss log are bit-identical to a run that
+was never interrupted.
 
     python bench/crash_consistency.py [--trials 20] [--seed 0]
 
-Each trial kills once or twice (the second time during the resume), at a random moment after the run directory
-exists: in a step, in an evaluation, in the middle of a checkpoint swap. SIGINT and SIGTERM must save the last
-completed step and exit 130 or 143; SIGKILL leaves the checkpoint before. Either way `specc train ... --resume` must finish the run
-exactly. tests/test_crash.py runs 3 trials of this in the default suite.
+Each trial kills once or twice (the second time during the resume), at a random moment after the run has printed
+its settings: in a step, in an evaluation, in the middle of a checkpoint swap. SIGINT and SIGTERM must save the last
+completed step and exit 130 or 143; SIGKILL leaves the checkpoint before. Either way `specc train ... --resume`
+must finish the run exactly. tests/test_crash.py runs 3 trials of this in the default suite.
 """
 
 from __future__ import annotations

@@ -407,7 +407,7 @@ def _write_sources(run: rundir.RunDir, session: Session) -> None:
     """spec.spec (the main file) and sources/N.spec (the files it uses): the run compiles from its own copies."""
     folder = run.path / rundir.SOURCES
     if os.path.lexists(folder):
-        run._discard(folder)
+        run.discard(folder)
     if len(session.sources) > 1:
         folder.mkdir()
     for i, (_, text) in enumerate(session.sources):

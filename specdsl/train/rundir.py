@@ -256,11 +256,11 @@ class RunDir:
         target, old, tmp = self.path / name, self.path / f".{name}.old", self.path / f".{name}.tmp"
         if self.complete(name) == old:  # an earlier swap stopped between its two renames: undo it first
             if os.path.lexists(target):
-                self._discard(target)
+                self.discard(target)
             os.rename(old, target)
         for leftover in (old, tmp):
             if os.path.lexists(leftover):
-                self._discard(leftover)
+                self.discard(leftover)
         tmp.mkdir()
         fill(tmp)
         _fsync_dir(tmp)
@@ -269,9 +269,9 @@ class RunDir:
         os.rename(tmp, target)
         _fsync_dir(self.path)
         if os.path.lexists(old):
-            self._discard(old)
+            self.discard(old)
 
-    def _discard(self, path: Path) -> None:
+    def discard(self, path: Path) -> None:
         """Delete one of our own entries: renamed away first, so a crash mid-delete never leaves a half folder under
         a name `complete` looks at."""
         trash = self.path / f".trash-{uuid.uuid4().hex}"
