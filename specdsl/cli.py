@@ -140,7 +140,9 @@ def train_cmd(
                  eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, decay_steps=decay_steps,
                  dtype=dtype,
                  fsdp=fsdp or None)
+    from .launch import register_worker
     from .train.loop import ReportedByRankZero, TrainingInterrupted, train
+    register_worker()
     try:
         train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume)
     except SpecError as e:

@@ -5,7 +5,7 @@ error. So the workers write their report (exit code, message) into a folder inst
 (`SPECC_REPORTS`); the launcher prints rank 0's report once and exits with its code. torchrun's own log lines are
 kept back and shown only when it failed without any report (a crash of torchrun or of a worker before it could
 report). Signals: torchrun runs in its own session, so Ctrl-C reaches it once, from here: the workers finish their
-step, save it and stop; a second Ctrl-C stops them at once.
+step, save it and stop; a second Ctrl-C kills torchrun and the workers at once (the checkpoint on disk is whole).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 REPORTS = "SPECC_REPORTS"
-_TORCHRUN_LOG = re.compile(r"^[DIWEF]\d{4} [\d:.]+ \d+ .*\] ")  # glog-style lines of torch.distributed's logger
+# torchrun's own lines: glog-style log lines of torch.distributed's logger, and its OMP_NUM_THREADS banner.
+_TORCHRUN_LOG = re.compile(r"^([DIWEF]\d{4} [\d:.]+ \d+ .*\] |\*{10,}$|Setting OMP_NUM_THREADS environment variable)")
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -29,7 +30,15 @@ def launch(nproc: int, argv: list[str]) -> int:
                "-m", "specdsl.cli"] + argv
         env = {**os.environ, "PYTHONUNBUFFERED": "1", REPORTS: reports}
         proc = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
-        forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+        received: list[int] = []
+
+        def forward(signum, frame):
+            if received:  # the second: stop at once (torchrun starts each worker in a session of its own)
+                _kill_all(proc.pid, Path(reports))
+            else:  # the first: torchrun passes it on; the workers finish their step, save it and stop
+                proc.send_signal(signum)
+            received.append(signum)
+
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             code = proc.wait()
@@ -44,6 +53,9 @@ def launch(nproc: int, argv: list[str]) -> int:
         if message:
             print(message, file=sys.stderr)
         return code
+    if received:  # stopped before a worker could report: what is on disk is a whole checkpoint, or none yet
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 128 + received[0]
     if code != 0:
         print("\n".join(lines[-40:]), file=sys.stderr)
         print(f"error: the training processes failed (torchrun exited with {code})", file=sys.stderr)
@@ -52,6 +64,21 @@ def launch(nproc: int, argv: list[str]) -> int:
     if kept:
         print("\n".join(kept), file=sys.stderr)
     return 0
+
+
+def _kill_all(torchrun: int, reports: Path) -> None:
+    for pid in [torchrun] + [int(p.read_text()) for p in reports.glob("pid.*")]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def register_worker() -> None:
+    """In a worker of `launch`: leave this process's pid, so that a second Ctrl-C can stop it at once."""
+    folder = os.environ.get(REPORTS)
+    if folder and os.path.isdir(folder):
+        Path(folder, f"pid.{os.environ.get('RANK', '0')}").write_text(str(os.getpid()), encoding="ascii")
 
 
 def report(code: int, message: str) -> bool:
@@ -67,7 +94,7 @@ def report(code: int, message: str) -> bool:
 def _first_report(folder: Path) -> tuple[int, str] | None:
     """The report of the lowest rank that has one with a message (rank 0 says it best), else any code."""
     found = []
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.glob("[0-9]*")):
         code, _, message = path.read_text(encoding="utf-8").partition("\n")
         found.append((int(code), message))
     with_message = [r for r in found if r[1]]
