@@ -933,7 +933,7 @@ class Elaborator:
             outputs = self.elaborate_body(model_def.body, _Scope(dict(hyper)), root, None, model_def)
         except _Abort:
             pass
-        train = self.train_settings(spec, hyper)
+        train = self.settings(spec, hyper)
         if self.errors:
             raise SpecError.combine(self._in_source_order())
         inputs = tuple(self._model_inputs)
@@ -943,9 +943,9 @@ class Elaborator:
                         {k: v for k, v in hyper.items()}, path=spec.path, preset=preset, train=train,
                         sources=tuple(self.sources.items()), uses=tuple(self.uses))
 
-    def train_settings(self, spec: S.SpecFile, hyper: dict[str, Any]) -> dict[str, Any]:
-        """The `train { ... }` section, each value checked against the setting's type (specdsl/train/config.py)."""
-        from .train.config import TrainConfig, setting_problem, setting_type
+    def settings(self, spec: S.SpecFile, hyper: dict[str, Any]) -> dict[str, Any]:
+        """The `train { ... }` section, each value checked against the setting's type (specdsl/settings.py)."""
+        from .settings import TrainConfig, setting_problem, setting_type
         known = TrainConfig.names()
         settings: dict[str, Any] = {}
         for section in spec.train[1:]:

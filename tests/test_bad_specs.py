@@ -303,7 +303,7 @@ SHAPES = [
          "a dimension must be a positive int"),
 ]
 
-# The `train { ... }` section: settings checked by name, type and range (specdsl/train/config.py) at their lines.
+# The `train { ... }` section: settings checked by name, type and range (specdsl/settings.py) at their lines.
 TRAIN = [
     case("train-unknown-setting", PLAIN + "train { step = 10 }\n", 5, 9, "unknown training setting 'step'",
          hint="did you mean 'steps'?"),

@@ -17,7 +17,7 @@ from ..errors import SpecError
 from ..kinds import KINDS, Args
 from ..shapes import Sym
 from ..system import available_memory
-from .torch_modules import DecodeState, init_gpt2_
+from .torch_modules import DecodeState, build_form, init_gpt2_
 
 _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
 
@@ -77,7 +77,7 @@ class Repeat(nn.Module):
 
 def build(node: ir.Node) -> nn.Module:
     if isinstance(node, ir.Layer):
-        return KINDS[node.kind].to_torch(Args(node.args))
+        return build_form(KINDS[node.kind].torch_form(Args(node.args)))
     if node.is_repeat:
         return Repeat(node)
     return GraphModule(node)

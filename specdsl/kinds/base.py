@@ -105,11 +105,6 @@ class Kind:
     def torch_form(self, a: Args) -> TorchForm:
         raise NotImplementedError(f"{self.name} has no torch form")
 
-    def to_torch(self, a: Args):
-        """The torch module of one layer (imports torch)."""
-        from ..backends.torch_modules import build_form
-        return build_form(self.torch_form(a))
-
     # ---- helpers for kinds ----
     def param_count(self, a: Args) -> int:
         return sum(prod(s) for s in self.params(a).values())

@@ -24,10 +24,10 @@ from rich.markup import escape
 
 from .. import __version__, ir, load, to_torch
 from ..errors import Span, SpecError
+from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
 from ..system import available_memory
 from ..text import printable
 from . import checkpoint, rundir
-from .config import RESUME_INVARIANTS, TrainConfig, resolve_config
 from .data import (
     IGNORE,
     TRAIN_FRACTION,

@@ -290,7 +290,7 @@ class RunDir:
 
 def _record_problem(data: dict) -> str | None:
     """What is wrong with run.json's shape, or None: it is read back into settings and file names."""
-    from .config import TrainConfig, setting_type
+    from ..settings import TrainConfig, setting_type
 
     def strings(value, n=None):
         return isinstance(value, list) and all(isinstance(v, str) for v in value) and (n is None or len(value) == n)

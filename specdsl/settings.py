@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..errors import Span, SpecError, did_you_mean
+from .errors import Span, SpecError, did_you_mean
 
 
 @dataclass
