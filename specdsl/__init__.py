@@ -9,46 +9,11 @@ The core (parse, elaborate, IR, analysis) imports neither torch nor onnx.
 
 from __future__ import annotations
 
-from .analysis import Analysis, analyse
-from .elaborate import load as _load_model
-from .elaborate import loads as _loads_model
+from .analysis import Analysis
+from .compiled import Compiled, load, loads
 from .errors import Span, SpecError
 from .ir import Model
-
-__version__ = "0.1.0"
-
-
-class Compiled:
-    """A loaded spec: the IR (`.model`) and its analysis (`.params`, `.flops`, `.memory`, `.to_json()`)."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self.analysis: Analysis = analyse(model)
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    @property
-    def params(self) -> Analysis:
-        return self.analysis
-
-    def to_json(self) -> dict:
-        return self.analysis.to_json()
-
-    def __repr__(self) -> str:
-        return f"<specdsl.Compiled {self.name}: {self.analysis.total:,} params>"
-
-
-def load(path, preset: str | None = None, overrides: dict | None = None) -> Compiled:
-    """Parse, elaborate and analyse a spec file. Raises SpecError with every error found."""
-    return Compiled(_load_model(path, preset, overrides))
-
-
-def loads(text: str, preset: str | None = None, overrides: dict | None = None, name: str = "<string>") -> Compiled:
-    """Like load, from a string."""
-    return Compiled(_loads_model(text, preset, overrides, name))
-
+from .version import __version__
 
 __all__ = ["load", "loads", "to_torch", "load_weights", "emit_torch", "Compiled", "SpecError", "Span", "Model",
            "Analysis", "__version__"]

@@ -172,18 +172,3 @@ def applications(module: Module, mult: int = 1):
             yield child, mult
         else:
             yield from applications(child, mult * (child.count if child.is_repeat else 1))
-
-
-def is_language_model(model: Model) -> bool:
-    """Token ids [batch, seq] in (other inputs optional), logits [batch, seq, vocab] out: trained on text,
-    exported with a `tokens` input and a `logits` output."""
-    from .shapes import Sym
-    first, rest = model.inputs[0], model.inputs[1:]
-    return (first.type.dtype == "int" and sum(isinstance(d, Sym) for d in first.type.shape) >= 2
-            and all(i.default is not None for i in rest) and len(model.outputs) == 1
-            and model.outputs[0][1].rank == 3)
-
-
-def is_causal(model: Model) -> bool:
-    """No layer looks at later positions (no `causal = false`): next-token training and a KV cache make sense."""
-    return not any(dict(layer.args).get("causal") is False for layer, _ in applications(model.root))

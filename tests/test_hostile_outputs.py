@@ -2,6 +2,7 @@
 report, `specc inspect`, generated text) stays safe whatever a spec, a path or a file holds."""
 
 import ast
+import json
 import os
 import shutil
 import stat
@@ -252,11 +253,19 @@ def test_inspect_an_empty_file_is_an_error(tmp_path):
     assert code == 2 and "not an ONNX model" in err and "parameters" not in out
 
 
+def _contract(**change) -> str:
+    """The contract of the exported test model (nanoGPT, d=32, 1 layer, 2 heads, ctx 16), with `change` applied."""
+    good = {"language_model": True, "causal": True, "inputs": ["tokens"], "outputs": ["logits"], "vocab": 37,
+            "ids": 37, "context": 16, "cache": [[2, 16]]}
+    return json.dumps({**good, **change})
+
+
 CRAFTED = [
-    ("specc.cache", "not json"), ("specc.cache", '{"a": 1}'), ("specc.cache", "[[-1, 8]]"),
-    ("specc.cache", "[[1000000000000, 8]]"), ("specc.cache", "[[2, 8], [2, 8]]"), ("specc.cache", "[" * 100000),
-    ("specc.hyperparameters", "[1"), ("specc.hyperparameters", '{"ctx": -5}'),
-    ("specc.hyperparameters", '{"ctx": "16"}'), ("specc.hyperparameters", "[]"),
+    ("specc.contract", "not json"), ("specc.contract", "[]"), ("specc.contract", "[" * 100000),
+    ("specc.contract", _contract(cache=[[-1, 8]])), ("specc.contract", _contract(cache=[[10**12, 8]])),
+    ("specc.contract", _contract(cache=[[2, 16], [2, 16]])), ("specc.contract", _contract(cache={"a": 1})),
+    ("specc.contract", _contract(context=-5)), ("specc.contract", _contract(context="16")),
+    ("specc.contract", json.dumps({"context": 16})),
     ("specc.tokenizer", "{"), ("specc.tokenizer", '{"kind": "sentencepiece"}'), ("specc.tokenizer", "[]"),
     ("specc.tokenizer", '{"kind": "char", "chars": 5}'), ("specc.tokenizer", '{"kind": "char", "chars": ""}'),
 ]

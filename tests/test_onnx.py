@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 from specdsl.backends import onnx_export  # noqa: E402
 from specdsl.backends.onnx_generate import OnnxGenerator, count_parameters, read_metadata  # noqa: E402
-from specdsl.ir import is_causal, is_language_model  # noqa: E402
+from specdsl.contract import is_causal, is_language_model  # noqa: E402
 
 torch.set_num_threads(1)
 SMALL = {"d": 32, "layers": 2, "heads": 4, "vocab": 50, "ctx": 24}
@@ -82,6 +82,9 @@ def test_metadata_round_trip_and_inspect(tmp_path, trained, specc_cmd):
     assert "int8" in r.stdout and "validation loss" in r.stdout
     meta = read_metadata(out)
     assert meta["specc.spec"] == (SPECS / "nanogpt-shakespeare.spec").read_text()
+    sources = json.loads(meta["specc.sources"])  # the main file, then the library file it uses
+    assert [s["text"] for s in sources] == [(SPECS / name).read_text() for name in ("nanogpt-shakespeare.spec",
+                                                                                  "std/transformer.spec")]
     assert json.loads(meta["specc.hyperparameters"])["ctx"] == 16
     assert json.loads(meta["specc.tokenizer"])["kind"] == "char"
     assert meta["specc.version"] == specdsl.__version__

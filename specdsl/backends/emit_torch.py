@@ -14,10 +14,11 @@ import keyword
 import re
 from pathlib import Path
 
-from .. import __version__, ir
+from .. import ir
 from ..analysis import analyse
 from ..kinds import KINDS, Args
 from ..shapes import Sym
+from ..version import __version__
 
 
 def _camel(name: str) -> str:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from .. import load
+from ..compiled import load
 from ..errors import Span, SpecError
 from ..text import printable
 
@@ -36,11 +36,12 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
     from .onnx_generate import export_paths
     export_paths(compiled.model, output, quantize)  # before torch is imported: seconds before a refusal otherwise
     if run is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
+        from ..contract import contract
         from ..train.data import TokenData
-        from ..train.loop import context_length, language_task
+        from ..train.loop import language_task
         from ..train.rundir import DATA
         val_task = language_task(TokenData(run.path / DATA, run.tokenizer()), run.tokenizer(),
-                                 context_length(compiled.model))
+                                 contract(compiled.model).context)
     if weights is None:
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
     from .onnx_export import export

@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__, ir, to_torch
+from ..contract import contract
 from ..errors import Span, SpecError
 from ..io import publish, temp_beside
 from ..shapes import Sym
 from ..train.data import IGNORE
+from ..version import __version__
 from .onnx_generate import companion, export_paths
-from .torch_backend import Decoder
+from .torch_backend import Decoder, to_torch
 
 TOLERANCE = 1e-4  # float32: the command fails above this
 
@@ -107,7 +108,7 @@ def _export_id(module, metadata: dict[str, str]) -> str:
     return h.hexdigest()[:32]
 
 
-def _metadata(compiled, tokenizer: dict | None, graph: str, extra: dict | None = None) -> dict[str, str]:
+def _metadata(compiled, tokenizer: dict | None, graph: str) -> dict[str, str]:
     m = compiled.model
     meta = {
         "specc.version": __version__,
@@ -119,8 +120,11 @@ def _metadata(compiled, tokenizer: dict | None, graph: str, extra: dict | None =
         "specc.hyperparameters": json.dumps(m.hyperparameters),
         "specc.tokenizer": json.dumps(tokenizer) if tokenizer else "",
         "specc.params": str(compiled.analysis.total),
+        "specc.contract": json.dumps(contract(m).to_json()),
+        # every file the model was compiled from (the main one first, then what it `use`s): the file says exactly
+        # which source it is
+        "specc.sources": json.dumps([{"name": name, "text": text} for name, text in m.sources]),
     }
-    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
     return meta
 
 
@@ -177,7 +181,8 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
         except Exception as e:
             raise SpecError(f"checkpoint '{weights_from}' does not fit this spec: {e}", Span(str(weights_from), 0, 0),
                             hint="export with the spec (and --set values) the run was trained with") from None
-    lm = ir.is_language_model(model)
+    facts = contract(model)
+    lm = facts.language_model
     names = [i.name for i in model.inputs if i.default is None]
     seq_bound = _sequence_bound(model)
     if lm:
@@ -187,8 +192,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
         output_names = [n for n, _ in model.outputs]
         input_names = names
     wrapper = module  # exported as is: its initializers are named by parameter paths
-    vocab = model.outputs[0][1].shape[-1] if lm else int(model.hyperparameters.get("vocab", 2))
-    vocab = vocab if isinstance(vocab, int) else 2
+    vocab = facts.ids or 2  # the ids every int input takes (an embedding's table), whatever the spec calls it
     gen = torch.Generator().manual_seed(0)
     example = _sample_inputs(model, 2, min(seq_bound, 8) if seq_bound else None, vocab, gen)
     report: dict = {"file": str(out), "params": compiled.analysis.total, "checks": []}
@@ -219,7 +223,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
             raise ExportError(f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {TOLERANCE})",
                               Span(str(out), 0, 0))
         decode_path = companion(out, "decode")
-        if lm and ir.is_causal(model) and Decoder(module).slots:
+        if lm and facts.causal and facts.cache:
             dtmp = temp_beside(decode_path)
             written.append(dtmp)
             report["decode"] = _export_decoder(compiled, module, tokenizer, dtmp, decode_path, session, vocab,
@@ -264,7 +268,7 @@ def _export_decoder(compiled, module, tokenizer, tmp: Path, target: Path, full_s
                                     input_names=["tokens"] + names,
                                     output_names=["logits"] + [n.replace("past", "present") for n in names],
                                     dynamic_shapes=dynamic, optimize=False)
-    _save(program, tmp, {**_metadata(compiled, tokenizer, "decode", {"specc.cache": [list(s) for s in slots]}),
+    _save(program, tmp, {**_metadata(compiled, tokenizer, "decode"),
                          **export_id}, strip_prefix="model.")
     session = _session(tmp)
     # Cache against no cache: a prompt, then one token at a time, against the full graph on the whole sequence.

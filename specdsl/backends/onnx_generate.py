@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
+from ..contract import Contract
 from ..errors import Span, SpecError
 from ..tokenizer import Tokenizer
 
@@ -33,10 +34,11 @@ def companion(path: str | Path, kind: str) -> Path:
 def export_paths(model, out: str | Path, quantize: str | None) -> list[Path]:
     """The files an export of `model` to `out` writes, each checked as a target (specdsl.io.check_output). Torch-
     free, so `specc export` checks them before it imports torch."""
-    from .. import ir
+    from ..contract import contract
     from ..io import check_output
     paths = [Path(out)]
-    if ir.is_language_model(model) and ir.is_causal(model):
+    facts = contract(model)
+    if facts.language_model and facts.causal:
         paths.append(companion(out, "decode"))
     if quantize:
         paths.append(companion(out, "int8"))
@@ -118,8 +120,15 @@ def _tokenizer(meta: dict[str, str], path: Path) -> Tokenizer | None:
     return tokenizer
 
 
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+def _contract(meta: dict[str, str], path: Path) -> Contract:
+    """The model's contract (specdsl.contract): its context and cache, read from the file, never from a
+    hyperparameter's name."""
+    data = _metadata_json(meta, "specc.contract", path, lambda v: isinstance(v, dict), "a JSON object")
+    try:
+        return Contract.from_json(data)
+    except ValueError as e:
+        raise SpecError(f"'{path}': metadata 'specc.contract' is not a model's contract: {e}", Span(str(path), 0, 0),
+                        hint=AGAIN) from None
 
 
 class OnnxGenerator:
@@ -144,15 +153,9 @@ class OnnxGenerator:
             raise SpecError(f"'{path}' carries no tokenizer: it was exported without --checkpoint",
                             Span(str(path), 0, 0), hint="export from a trained run: --checkpoint RUN_DIR")
         self.tokenizer = tokenizer
-        slots = _metadata_json(decode_meta, "specc.cache", decode,
-                               lambda v: isinstance(v, list) and all(isinstance(s, list) and len(s) == 2
-                                                                     and all(map(_count, s)) for s in v),
-                               "a list of [kv_heads, head_dim] pairs")
-        hyper = _metadata_json(decode_meta, "specc.hyperparameters", decode,
-                               lambda v: isinstance(v, dict) and _count(v.get("ctx", 1)),
-                               "a JSON object with a positive whole ctx")
-        self.slots = [tuple(s) for s in slots or []]
-        self.ctx = (hyper or {}).get("ctx", 1 << 30)
+        facts = _contract(decode_meta, decode)
+        self.slots = list(facts.cache)
+        self.ctx = facts.context or 1 << 30
         self.path = decode
         self.session = _session(decode, threads)
         self.names = [f"past.{i}.{kv}" for i in range(len(self.slots)) for kv in "kv"]
@@ -164,7 +167,7 @@ class OnnxGenerator:
         if set(shapes) != {"tokens", *self.names} or len(outputs) != 1 + len(self.names) \
                 or len(outputs[0].shape) != 3 \
                 or any(len(shapes[n]) != 4 or tuple(shapes[n][1::2]) != d for n, d in self.dims.items()):
-            raise SpecError(f"'{decode}': metadata 'specc.cache' does not describe the graph's inputs and outputs",
+            raise SpecError(f"'{decode}': metadata 'specc.contract' does not describe the graph's inputs and outputs",
                             Span(str(decode), 0, 0), hint=AGAIN)
 
     def _run(self, feeds: dict) -> list:

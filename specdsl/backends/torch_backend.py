@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import ir
+from ..contract import contract
 from ..errors import SpecError
 from ..kinds import KINDS, Args
 from ..shapes import Sym
@@ -178,8 +179,8 @@ def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = tor
     Refuses, before allocating anything, a model with more modules or layer applications than PyTorch can run
     (MAX_TORCH_APPLICATIONS), and one whose weights would not fit in the device's free memory; build such a model
     on device="meta" to inspect it."""
-    from .. import Compiled
     from ..analysis import analyse
+    from ..compiled import Compiled
     if isinstance(model, Compiled):
         model, total = model.model, model.analysis.total
     else:
@@ -208,16 +209,6 @@ def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = tor
     return module
 
 
-def cache_slots(model: ir.Model) -> list[tuple[int, int]]:
-    """(kv_heads, head_dim) of each attention application in execution order: the shape of the KV cache."""
-    slots = []
-    for layer, times in ir.applications(model.root):
-        if KINDS[layer.kind].kv_cache_per_token(Args(layer.args)):
-            a = layer.arguments
-            slots += [(a["kv_heads"], a["head_dim"])] * times
-    return slots
-
-
 class Decoder(nn.Module):
     """Incremental decoding: `decoder(tokens, *past) -> (logits, *present)`, with past and present the keys and
     values of every attention application, [batch, kv_heads, positions, head_dim] each, k then v."""
@@ -225,7 +216,7 @@ class Decoder(nn.Module):
     def __init__(self, module: SpecModule):
         super().__init__()
         self.model = module
-        self.slots = cache_slots(module.spec)
+        self.slots = contract(module.spec).cache
         self._stateful = [m for m in module.modules() if hasattr(m, "decode")]
 
     def empty_cache(self, batch: int = 1, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:

@@ -79,8 +79,11 @@ class Attention(Kind):
     def torch_form(self, a):
         return TorchForm("Attention", (), dict(a))
 
-    def kv_cache_per_token(self, a):
-        return 2 * a.kv_heads * a.head_dim
+    def cache_shape(self, a):
+        return (a.kv_heads, a.head_dim)
+
+    def reads_later_positions(self, a):
+        return not a.causal
 
     def describe(self, a):
         parts = [f"d={a.d}", f"heads={a.heads}"]

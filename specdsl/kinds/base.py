@@ -89,9 +89,24 @@ class Kind:
         """Parameters one token touches, where fewer than all (mixture of experts); None means all."""
         return None
 
+    def cache_shape(self, a: Args) -> tuple[int, int] | None:
+        """(kv_heads, head_dim) of the keys, and of the values, this layer caches per token for incremental
+        decoding (attention), or None."""
+        return None
+
     def kv_cache_per_token(self, a: Args) -> int:
-        """Elements cached per token for incremental decoding (attention keys and values)."""
-        return 0
+        """Elements cached per token for incremental decoding: keys and values (cache_shape)."""
+        shape = self.cache_shape(a)
+        return 2 * prod(shape) if shape else 0
+
+    def id_range(self, a: Args) -> int | None:
+        """For a layer that takes int ids (an embedding): how many it knows, 0 to n - 1; None otherwise."""
+        return None
+
+    def reads_later_positions(self, a: Args) -> bool:
+        """Whether an output position reads later positions of its input (an encoder's attention): next-token
+        training and a KV cache need no layer to."""
+        return False
 
     def context(self, a: Args, x: TensorType) -> int | None:
         """The sequence length this layer's FLOPs assume (attention), or None when it has none."""

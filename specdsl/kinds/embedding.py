@@ -25,6 +25,9 @@ class Embedding(Kind):
     def torch_form(self, a):
         return TorchForm("nn.Embedding", (a.num, a.dim))
 
+    def id_range(self, a):
+        return a.num
+
 
 class PositionalEmbedding(Kind):
     """Learned absolute positions, added to the input: x + weight[0:T] (GPT-1/2, BERT)."""

@@ -22,11 +22,15 @@ import torch
 import torch.nn.functional as F
 from rich.markup import escape
 
-from .. import __version__, ir, load, to_torch
+from .. import ir
+from ..backends.torch_backend import to_torch
+from ..compiled import load
+from ..contract import contract
 from ..errors import Span, SpecError
 from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
 from ..system import available_memory
 from ..text import printable
+from ..version import __version__
 from . import checkpoint, rundir
 from .data import (
     IGNORE,
@@ -112,17 +116,6 @@ class Classification:
         logits = module(x).float()
         return {"loss": F.cross_entropy(logits, y).item(),
                 "accuracy": (logits.argmax(-1) == y).float().mean().item()}
-
-
-def context_length(model: ir.Model) -> int:
-    """The sequence length a language model trains and samples at: its fixed length, or the bound of seq <= ctx."""
-    seq = model.inputs[0].type.shape[-1]
-    if isinstance(seq, int):
-        return seq
-    if seq.bound is None:
-        raise SpecError("training needs a bounded sequence: declare the input as int[batch, seq <= ctx]",
-                        model.inputs[0].span)
-    return seq.bound
 
 
 def _decay_groups(module, model: ir.Model, weight_decay: float):
@@ -285,7 +278,7 @@ def _prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, r
 
     tokenizer, ids, data = None, None, {"builtin": "digits"}
     compiled = probe
-    if ir.is_language_model(probe.model):
+    if contract(probe.model).language_model:
         run = rundir.RunDir(plan.path)
         if plan.last_step is not None:  # resuming: the run's own tokenizer and tokens
             tokenizer = run.tokenizer()
@@ -299,7 +292,7 @@ def _prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, r
                 raise SpecError(f"cannot resume '{plan.path}': the data changed since the run started",
                                 Span("--data", 0, 0), hint="resume with the data the run started from")
             # A model that attends to later positions would read the next token: it learns masked tokens instead.
-            tokenizer = Tokenizer.fit(config.tokenizer, text, mask=not ir.is_causal(probe.model))
+            tokenizer = Tokenizer.fit(config.tokenizer, text, mask=not contract(probe.model).causal)
             ids = encode_array(tokenizer, text)
         if "vocab" in probe.model.hyperparameters and "vocab" not in overrides:
             overrides["vocab"] = tokenizer.vocab_size  # the data decides the vocabulary, as nanoGPT's meta.pkl
@@ -310,8 +303,8 @@ def _prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, r
             raise SpecError(f"the data has {needs} but the model's vocabulary is {vocab}",
                             compiled.model.inputs[0].span, hint="--set vocab=... or drop the override")
         if ids is not None:
-            _check_splits(len(ids), context_length(compiled.model), config.data)
-        _check_batch_memory(config, context_length(compiled.model))
+            _check_splits(len(ids), contract(compiled.model).context, config.data)
+        _check_batch_memory(config, contract(compiled.model).context)
     elif saved is not None:
         compiled = load(spec_path, preset=preset, overrides=overrides)
     record = {"format": rundir.FORMAT, "specc": __version__, "spec": str(spec_path),
@@ -450,7 +443,7 @@ def _loop(session: Session, run: rundir.RunDir, stop: _StopRequest, console, pro
     compiled, config, tokenizer = session.compiled, session.config, session.tokenizer
     if tokenizer is not None:
         data = TokenData(run.path / rundir.DATA, tokenizer)
-        task = language_task(data, tokenizer, context_length(compiled.model))
+        task = language_task(data, tokenizer, contract(compiled.model).context)
     else:
         task = Classification(image=compiled.model.inputs[0].type.rank == 4, seed=config.seed)
 

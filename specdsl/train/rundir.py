@@ -419,8 +419,7 @@ def source_file(index: int) -> str:
 def compile_run(run: RunDir, preset: str | None = None, overrides: dict | None = None):
     """(Compiled, record) of a run as it was trained, from its own saved sources, preset and --set values. A preset
     or --set value that differs from the run's is refused: the checkpoint holds that architecture's weights."""
-    from .. import Compiled
-    from ..elaborate import load_saved
+    from ..compiled import load_saved
     record = run.record()
     changed = [f"--preset: {record.get('preset')!r} -> {preset!r}"] if preset not in (None, record.get("preset")) \
         else []
@@ -436,5 +435,4 @@ def compile_run(run: RunDir, preset: str | None = None, overrides: dict | None =
             raise SpecError(f"'{run.path / source_file(i)}' was changed after the run saved it", _where(run.path),
                             hint="a run compiles from its own copy of the spec")
         sources.append((entry["name"], text))
-    model = load_saved(sources, [tuple(u) for u in record["uses"]], record["preset"], record["overrides"])
-    return Compiled(model), record
+    return load_saved(sources, [tuple(u) for u in record["uses"]], record["preset"], record["overrides"]), record

@@ -7,12 +7,11 @@ from typing import Iterator
 
 import torch
 
-from .. import ir, to_torch
-from ..backends.torch_backend import Decoder, cache_slots
+from ..backends.torch_backend import Decoder, to_torch
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
+from ..contract import contract
 from ..errors import Span, SpecError
 from . import checkpoint, rundir
-from .loop import context_length
 
 
 def load_run(run_dir: str | Path, which: str = "best"):
@@ -31,7 +30,7 @@ def load_run(run_dir: str | Path, which: str = "best"):
                         "does not continue text", where, hint="sample a causal model (GPT, LLaMA, nanoGPT)")
     module = to_torch(compiled).eval()
     checkpoint.load_weights_into(module, folder)
-    return module, tokenizer, context_length(compiled.model)
+    return module, tokenizer, contract(compiled.model).context
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> int:
@@ -58,7 +57,8 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
     ids = list(prompt_ids)
     if not ids:
         raise ValueError("an empty prompt: a model needs at least one token to continue")
-    decoder = Decoder(module) if cache and ir.is_causal(module.spec) and cache_slots(module.spec) else None
+    facts = contract(module.spec)
+    decoder = Decoder(module) if cache and facts.causal and facts.cache else None
     start, past = prompt_start(len(ids), ctx), None
     for _ in range(max_new_tokens):
         if decoder is None:

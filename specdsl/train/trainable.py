@@ -1,6 +1,6 @@
 """What `specc train` can train, decided from the IR before any data is read or torch is imported.
 
-The loop (loop.py) trains two kinds of model: a language model (`ir.is_language_model`: token ids in, logits out,
+The loop (loop.py) trains two kinds of model: a language model (`contract.is_language_model`: token ids in, logits out,
 on text) and otherwise a classifier of scikit-learn's 8x8 digits (`Classification`). A spec that compiles but is
 neither (two outputs, pooled features, a second input the data cannot fill) would end in a traceback mid-run; this
 says so at the line that is wrong, like every other mistake.
@@ -9,6 +9,7 @@ says so at the line that is wrong, like every other mistake.
 from __future__ import annotations
 
 from .. import ir
+from ..contract import contract
 from ..errors import Span, SpecError
 from ..shapes import Sym, TensorType, format_shape
 
@@ -30,10 +31,14 @@ def check_trainable(model: ir.Model) -> None:
         _refuse(f"model '{model.name}' returns {len(model.outputs)} outputs; specc train trains one",
                 _output_span(model, 1))
     out = model.outputs[0][1]
-    if ir.is_language_model(model):
+    facts = contract(model)
+    if facts.language_model:
         batch, seq = first.type.shape[0], first.type.shape[-1]
         if first.type.rank != 2:
             _refuse(f"a language model's input is token ids [batch, seq], got {first.type}", first.span)
+        if facts.context is None:
+            _refuse(f"training needs a bounded sequence: declare the input as int[batch, seq <= ctx], got "
+                    f"{first.type}", first.span)
         if out.dtype != "float" or out.shape[:2] != (batch, seq) or not isinstance(out.shape[2], int):
             _refuse(f"a language model returns logits float[{batch}, {seq}, vocab], got {out}", _output_span(model, 0))
     elif first.type.dtype == "int":

@@ -1,0 +1,88 @@
+"""A model's contract with whatever runs it, computed once from the IR (torch-free): what goes in and comes out,
+the vocabulary, the context, causality and the shape of its KV cache.
+
+Training, sampling, export and generation read these facts here and nowhere else; none is read from a
+hyperparameter's name (a spec may call its context `ctx` or `block_size`). The contract travels with an exported
+model as one JSON entry of its metadata (`specc.contract`), so `specc generate` needs neither the spec nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from . import ir
+from .kinds import KINDS, Args
+from .shapes import Sym
+
+
+@dataclass(frozen=True)
+class Contract:
+    language_model: bool  # token ids [batch, seq] in, logits [batch, seq, vocab] out
+    causal: bool  # no position reads a later one: next-token training and a KV cache make sense
+    inputs: tuple[str, ...]  # the inputs a caller must give, in order (others have defaults)
+    outputs: tuple[str, ...]
+    vocab: int | None  # a language model's logits width
+    ids: int | None  # int inputs take ids 0 .. ids - 1: the smallest table a layer looks them up in
+    context: int | None  # the longest sequence it takes: a fixed length, or the bound of `seq <= ctx`
+    cache: tuple[tuple[int, int], ...]  # (kv_heads, head_dim) of every attention application, in the order they run
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data) -> Contract:
+        """The contract an exported file describes; ValueError when the description is not one."""
+        def count(v, none=False):
+            return (none and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+
+        if not isinstance(data, dict) or set(data) != {f for f in cls.__dataclass_fields__}:
+            raise ValueError(f"expected an object with {', '.join(cls.__dataclass_fields__)}")
+        names = data["inputs"], data["outputs"]
+        if not all(isinstance(data[k], bool) for k in ("language_model", "causal")) \
+                or not all(isinstance(n, list) and all(isinstance(x, str) for x in n) for n in names) \
+                or not all(count(data[k], none=True) for k in ("vocab", "ids", "context")) \
+                or not isinstance(data["cache"], list) \
+                or not all(isinstance(s, list) and len(s) == 2 and all(map(count, s)) for s in data["cache"]):
+            raise ValueError("a value has the wrong type")
+        return cls(data["language_model"], data["causal"], tuple(data["inputs"]), tuple(data["outputs"]),
+                   data["vocab"], data["ids"], data["context"], tuple(tuple(s) for s in data["cache"]))
+
+
+def contract(model: ir.Model) -> Contract:
+    lm = is_language_model(model)
+    seq = model.inputs[0].type.shape[-1] if model.inputs and model.inputs[0].type.rank else None
+    context = seq if isinstance(seq, int) else seq.bound if isinstance(seq, Sym) else None
+    return Contract(
+        language_model=lm, causal=is_causal(model),
+        inputs=tuple(i.name for i in model.inputs if i.default is None),
+        outputs=tuple(name for name, _ in model.outputs),
+        vocab=model.outputs[0][1].shape[-1] if lm and isinstance(model.outputs[0][1].shape[-1], int) else None,
+        ids=min((n for n in (KINDS[layer.kind].id_range(Args(layer.args)) for layer, _ in ir.applications(model.root)
+                             if layer.input.dtype == "int") if n), default=None),
+        context=context if lm else None,
+        cache=cache_slots(model))
+
+
+def is_language_model(model: ir.Model) -> bool:
+    """Token ids [batch, seq] in (other inputs optional), logits [batch, seq, vocab] out: trained on text,
+    exported with a `tokens` input and a `logits` output."""
+    first, rest = model.inputs[0], model.inputs[1:]
+    return (first.type.dtype == "int" and sum(isinstance(d, Sym) for d in first.type.shape) >= 2
+            and all(i.default is not None for i in rest) and len(model.outputs) == 1
+            and model.outputs[0][1].rank == 3)
+
+
+def is_causal(model: ir.Model) -> bool:
+    """No layer reads later positions (each kind declares it): next-token training and a KV cache make sense."""
+    return not any(KINDS[layer.kind].reads_later_positions(Args(layer.args))
+                   for layer, _ in ir.applications(model.root))
+
+
+def cache_slots(model: ir.Model) -> tuple[tuple[int, int], ...]:
+    """(kv_heads, head_dim) of each attention application in execution order: the shape of the KV cache."""
+    slots = []
+    for layer, times in ir.applications(model.root):
+        shape = KINDS[layer.kind].cache_shape(Args(layer.args))
+        if shape:
+            slots += [tuple(shape)] * times
+    return tuple(slots)

@@ -1,0 +1,59 @@
+"""The model contract (specdsl/contract.py): the facts training, sampling, export and generation read, computed once
+from the IR and never from a hyperparameter's name."""
+
+import json
+import os
+
+import pytest
+
+import specdsl
+from conftest import SPECS
+from specdsl.contract import Contract, contract
+
+
+def test_the_zoo_contracts():
+    llama = contract(specdsl.load(SPECS / "llama.spec", preset="llama3-8b").model)
+    assert (llama.language_model, llama.causal, llama.vocab, llama.ids) == (True, True, 128256, 128256)
+    assert llama.cache == ((8, 128),) * 32 and llama.inputs == ("tokens",)
+    bert = contract(specdsl.load(SPECS / "bert.spec", preset="mlm").model)
+    assert bert.language_model and not bert.causal and bert.context == 512
+    mlp = contract(specdsl.load(SPECS / "mlp.spec").model)
+    assert not mlp.language_model and mlp.context is None and mlp.cache == () and mlp.ids is None
+    assert Contract.from_json(json.loads(json.dumps(llama.to_json()))) == llama  # as it travels in ONNX metadata
+
+
+def test_nothing_is_read_from_a_hyperparameters_name():
+    """The same model with its context called block_size and its vocabulary n_tokens: the same contract."""
+    text = (SPECS / "nanogpt-shakespeare.spec").read_text()
+    renamed = text.replace("ctx", "block_size").replace("vocab", "n_tokens")
+    a = contract(specdsl.loads(text, name=str(SPECS / "a.spec")).model)
+    b = contract(specdsl.loads(renamed, name=str(SPECS / "b.spec")).model)
+    assert a == b and a.context == 64 and a.vocab == 65
+
+
+def test_a_context_called_block_size_trains_samples_exports_and_generates_past_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from rich.console import Console
+
+    from specdsl.backends import onnx_export
+    from specdsl.backends.onnx_generate import OnnxGenerator
+    from specdsl.train import rundir
+    from specdsl.train.loop import train
+    from specdsl.train.sample import generate, load_run
+
+    spec = tmp_path / "block.spec"
+    spec.write_text((SPECS / "nanogpt-shakespeare.spec").read_text().replace("ctx", "block_size")
+                    .replace('use "std/', f'use "{SPECS}/std/'))
+    sizes = {"d": 32, "layers": 1, "heads": 2, "block_size": 16}
+    run = tmp_path / "run"
+    train(str(spec), overrides=sizes, flags={"steps": 30, "batch": 8, "eval_every": 30, "eval_batches": 1,
+                                             "lr": 1e-2, "out": str(run)},
+          progress=False, console=Console(file=open(os.devnull, "w")))
+    module, tokenizer, ctx = load_run(run)
+    assert ctx == 16
+    prompt = tokenizer.encode("the ")
+    greedy = list(generate(module, prompt, 40, ctx, temperature=0))  # 4 + 40 tokens: past the context
+    compiled, record = rundir.compile_run(rundir.open_existing(run))
+    onnx_export.export(compiled, tmp_path / "m.onnx", weights_from=run / "best", tokenizer=record["tokenizer"])
+    assert list(OnnxGenerator(tmp_path / "m.onnx").generate(prompt, 40, temperature=0)) == greedy

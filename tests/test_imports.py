@@ -1,0 +1,73 @@
+"""The import graph follows the pipeline: no module of the core imports a backend, training, the CLI, torch, onnx or
+numpy, not even inside a function; and no module imports one that imports it back (no cycles, lazy imports
+included). Read from the source with ast, so a lazy import counts like any other."""
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "specdsl"
+CORE = ("parse", "syntax", "elaborate", "ir", "shapes", "analysis", "contract", "errors", "text", "io", "settings",
+        "tokenizer", "context_window", "resources", "system", "compiled", "version", "kinds")
+ABOVE_THE_CORE = ("specdsl.backends", "specdsl.train", "specdsl.cli", "specdsl.launch", "torch", "onnx",
+                  "onnxruntime", "onnxscript", "numpy")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict) -> set[str]:
+    """Every module `name` imports, anywhere in it. `from . import x` of a submodule x counts as x alone."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            submodules = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
+            found.update(submodules)
+            if len(submodules) < len(node.names):
+                found.add(base)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_the_core_imports_nothing_above_it():
+    edges = graph()
+    core = [m for m in edges if m.count(".") and m.split(".")[1] in CORE]
+    assert len(core) > 20  # the kinds are in it
+    wrong = {m: sorted(i for i in edges[m] if i == "specdsl" or i.startswith(ABOVE_THE_CORE)) for m in core}
+    assert not {m: i for m, i in wrong.items() if i}
+
+
+def test_no_import_cycles():
+    full = graph()
+    edges = {m: {i for i in deps if i in full} for m, deps in full.items()}
+    done, cycles = set(), []
+
+    def visit(node, path):
+        for nxt in sorted(edges[node]):
+            if nxt in path:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, path + [nxt])
+        done.add(node)
+
+    for node in sorted(edges):
+        if node not in done:
+            visit(node, [node])
+    assert not cycles
