@@ -1,7 +1,8 @@
 """IR -> a standalone, readable PyTorch file (`specc compile FILE --emit-torch out.py`): the eject path.
 
-The file needs torch and nothing of specc: it carries the classes of backends/torch_modules.py and one class per
-module of the spec, with straight-line forward code. Parameter names are the IR's paths, so a checkpoint of the
+The file needs torch and nothing of specc: it carries the classes of backends/torch_modules.py, the torch classes
+of any kind from another package (each with the imports and definitions it uses), and one class per module of the
+spec, with straight-line forward code. Parameter names are the IR's paths, so a checkpoint of the
 compiled spec loads into the ejected model unchanged. Generating it needs no torch.
 """
 
@@ -10,13 +11,16 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import importlib.util
 import keyword
 import re
 from pathlib import Path
 
 from .. import ir
 from ..analysis import analyse
-from ..kinds import KINDS, Args
+from ..errors import SpecError
+from ..kinds import KINDS, Args, TorchForm
+from ..kinds.base import BUILTIN_TORCH_MODULE
 from ..shapes import Sym
 from ..version import __version__
 
@@ -66,35 +70,97 @@ def _doc(text) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _support() -> str:
-    """The part of torch_modules.py the ejected file carries: its classes and helpers, without build_form (which
-    needs specc) and the module docstring."""
+    """What the ejected file carries of torch_modules.py: all of it but the module docstring."""
     support = Path(__file__).with_name("torch_modules.py").read_text(encoding="utf-8")
-    support = support[support.index('"""', 3) + 3:].lstrip()
-    return support[: support.index("def build_form")].rstrip() + "\n\n\n" + support[support.index("def init_gpt2_"):]
+    return support[support.index('"""', 3) + 3:].lstrip()
+
+
+def _binds(node: ast.stmt) -> set[str]:
+    """The names a top-level statement binds: an import's, a def's or class's, an assignment's targets."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return set()
 
 
 @functools.lru_cache(maxsize=1)
+def _support_names() -> frozenset[str]:
+    """Every name the support code binds at its top level (its imports, `F` and `nn` among them, classes,
+    functions, constants), read from the code itself so the two cannot drift."""
+    return frozenset(name for node in ast.parse(_support()).body for name in _binds(node))
+
+
 def _reserved() -> frozenset[str]:
-    """Names a generated class must not take: every name the support code binds at its top level (its imports,
-    `F` and `nn` among them, classes, functions, constants), read from the code itself so the two cannot drift;
-    the alias `Model`; builtins and keywords (a block named `none` would be class `None`)."""
-    names = {"Model", *dir(builtins), *keyword.kwlist}
-    for node in ast.parse(_support()).body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
-    return frozenset(names)
+    """Names a generated class must not take: the support code's, the alias `Model`, builtins and keywords (a block
+    named `none` would be class `None`)."""
+    return _support_names() | {"Model", *dir(builtins), *keyword.kwlist}
+
+
+def _carried(module: str, name: str) -> tuple[str, set[str]]:
+    """A kind's own torch class, for the ejected file: the class and the top-level definitions and imports of its
+    module that it uses, transitively, in the module's order; and the names they bind. Read from the source, not
+    imported (generating needs no torch). Raises LookupError when there is no such class."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise LookupError(f"no Python source for module '{module}'")
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    body = [n for n in ast.parse(source).body
+            if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+    owner = {bound: node for node in body for bound in _binds(node)}
+    if not isinstance(owner.get(name), ast.ClassDef):
+        raise LookupError(f"module '{module}' defines no class '{name}'")
+    wanted, todo = set(), [owner[name]]
+    while todo:
+        node = todo.pop()
+        if id(node) in wanted:
+            continue
+        wanted.add(id(node))
+        used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        todo += [owner[u] for u in used if u in owner and not isinstance(node, (ast.Import, ast.ImportFrom))]
+    kept = [n for n in body if id(n) in wanted]
+    names = set().union(*(_binds(n) for n in kept if not isinstance(n, (ast.Import, ast.ImportFrom))))
+    return "\n\n\n".join(ast.get_source_segment(source, n) for n in kept), names
 
 
 class _Emitter:
     def __init__(self, model: ir.Model):
         self.model = model
         self.classes: list[str] = []
+        self.carried: dict[tuple[str, str], str] = {}  # (module, class) -> source, for kinds of other packages
         self.taken: set[str] = set(_reserved())
+
+    def form(self, layer: ir.Layer) -> TorchForm:
+        """The layer's torch form, its class carried into the file when it is not torch.nn's or specc's: a
+        SpecError at the layer when the kind has no torch form or its class cannot be found."""
+        try:
+            form = KINDS[layer.kind].torch_form(Args(layer.args))
+        except NotImplementedError:
+            raise SpecError(f"layer kind '{layer.kind}' has no torch form: it is counted but cannot be built",
+                            layer.span, hint="its declaration needs a torch_form() (docs/language.md, "
+                                             "'Adding a layer kind')") from None
+        module, name = form.location
+        if module == BUILTIN_TORCH_MODULE and name not in _support_names():
+            raise SpecError(f"layer kind '{layer.kind}' names torch class '{name}', which specc does not have",
+                            layer.span, hint="a TorchForm names 'nn.X', a class of specc's torch_modules, "
+                                             "or 'package.module:X'")
+        if module not in ("torch.nn", BUILTIN_TORCH_MODULE) and (module, name) not in self.carried:
+            try:
+                source, names = _carried(module, name)
+            except (LookupError, ImportError, SyntaxError, OSError, ValueError) as e:
+                raise SpecError(f"the torch class '{form.constructor}' of layer kind '{layer.kind}' cannot be "
+                                f"carried into the ejected file: {e}", layer.span) from None
+            clash = names & self.taken
+            if clash:
+                raise SpecError(f"the torch class '{form.constructor}' of layer kind '{layer.kind}' defines "
+                                f"{', '.join(sorted(clash))}, a name the ejected file already uses", layer.span,
+                                hint="rename it in its module")
+            self.taken |= names
+            self.carried[(module, name)] = source
+        return form
 
     def class_name(self, base: str) -> str:
         name, n = _camel(base), 1
@@ -108,7 +174,7 @@ class _Emitter:
         init, forward = [], []
         for child in module.children:
             if isinstance(child, ir.Layer):
-                form = KINDS[child.kind].torch_form(Args(child.args))
+                form = self.form(child)
                 init.append(_assign(child.name, _wrap(form.source())))
             elif child.is_repeat:
                 body = self.class_name(f"{child.name}_block")
@@ -205,9 +271,11 @@ class _Emitter:
 def emit_torch(model: ir.Model) -> str:
     """The standalone PyTorch source of a model."""
     emitter = _Emitter(model)
+    for layer, _ in ir.applications(model.root):  # every torch form checked, and classes carried, before naming
+        emitter.form(layer)
     root = emitter.class_name(model.name)
     emitter.module(model.root, root, root=True)
-    support = _support()
+    support = "\n\n\n".join([_support().rstrip(), *emitter.carried.values()])
     header = (f'"""{_doc(model.name)}, generated by specc {__version__} from {_doc(model.path or "a spec")}.\n\n'
               f"Standalone PyTorch: no import of specc. Parameter names are the spec's parameter paths, so\n"
               f"specc checkpoints load here unchanged. Build it with `{root}()` (alias `Model`).\n"

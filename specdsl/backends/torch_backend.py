@@ -9,16 +9,18 @@ graph module that runs its ops in order. Parameter names are the IR's parameter 
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 
 from .. import ir
 from ..contract import contract
 from ..errors import SpecError
-from ..kinds import KINDS, Args
+from ..kinds import KINDS, Args, Kind, TorchForm
 from ..shapes import Sym
 from ..system import available_memory
-from .torch_modules import DecodeState, build_form, init_gpt2_
+from .torch_modules import DecodeState, init_gpt2_
 
 _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
 
@@ -76,9 +78,40 @@ class Repeat(nn.Module):
         return x
 
 
+def torch_class(form: TorchForm) -> type:
+    """The class a TorchForm names: from torch.nn, specc's torch_modules, or a kind's own module."""
+    module, name = form.location
+    return getattr(importlib.import_module(module), name)
+
+
+def check_torch_forms(model: ir.Model) -> None:
+    """Every layer kind the model uses has a torch form whose class imports: else a SpecError at the layer, before
+    anything is built (not a KeyError from deep inside the build)."""
+    seen: set[tuple[str, tuple]] = set()
+    for layer, _ in ir.applications(model.root):
+        key = (layer.kind, layer.args)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            form = KINDS[layer.kind].torch_form(Args(layer.args))
+        except NotImplementedError:
+            raise SpecError(f"layer kind '{layer.kind}' has no torch form: it is counted but cannot be built",
+                            layer.span, hint="its declaration needs a torch_form() (docs/language.md, "
+                                             "'Adding a layer kind')") from None
+        try:
+            torch_class(form)
+        except (ImportError, AttributeError) as e:
+            raise SpecError(f"the torch class '{form.constructor}' of layer kind '{layer.kind}' cannot be imported: "
+                            f"{type(e).__name__}: {e}", layer.span,
+                            hint="a TorchForm names 'nn.X', a class of specc's torch_modules, or 'package.module:X'"
+                            ) from None
+
+
 def build(node: ir.Node) -> nn.Module:
     if isinstance(node, ir.Layer):
-        return build_form(KINDS[node.kind].torch_form(Args(node.args)))
+        form = KINDS[node.kind].torch_form(Args(node.args))
+        return torch_class(form)(*form.args, **form.kwargs)
     if node.is_repeat:
         return Repeat(node)
     return GraphModule(node)
@@ -92,7 +125,7 @@ class SpecModule(GraphModule):
         self.spec = model
         self._defaults = {i.name: (i.default, i.type) for i in model.inputs if i.default is not None}
         self._input_types = {i.name: i.type for i in model.inputs}
-        self._routed = [m for m in self.modules() if hasattr(m, "aux_loss")]  # mixtures of experts
+        self._routed = layer_modules(self, lambda kind: kind.aux_loss)  # mixtures of experts
 
     def forward(self, *inputs, **named):
         given = dict(zip(self._inputs, inputs))
@@ -119,6 +152,18 @@ class SpecModule(GraphModule):
         """Sum of the mixture-of-experts load-balancing losses of the last forward (0 for dense models)."""
         losses = [m.aux_loss for m in self._routed if isinstance(m.aux_loss, torch.Tensor)]
         return sum(losses) if losses else 0.0
+
+
+def layer_modules(module: SpecModule, declared) -> list[nn.Module]:
+    """The torch modules of the layers whose kind declares `declared(kind)` (Kind.aux_loss, Kind.decode_state),
+    each once (a shared repeat's layer is one module)."""
+    found: dict[int, nn.Module] = {}
+    for path, layer in ir.layers_with_paths(module.spec.root):
+        kind: Kind = KINDS[layer.kind]
+        if declared(kind):
+            m = module.get_submodule(path)
+            found.setdefault(id(m), m)
+    return list(found.values())
 
 
 def _tie(root: nn.Module, model: ir.Model) -> None:
@@ -186,6 +231,7 @@ def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = tor
     else:
         total = analyse(model).total
     torch_size(model)
+    check_torch_forms(model)
     device = torch.device(device)
     if device.type != "meta":
         # What the build allocates: each distinct weight once (tied ones are one tensor), in `dtype`, and nothing
@@ -217,7 +263,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.model = module
         self.slots = contract(module.spec).cache
-        self._stateful = [m for m in module.modules() if hasattr(m, "decode")]
+        self._stateful = layer_modules(module, lambda kind: kind.decode_state)
 
     def empty_cache(self, batch: int = 1, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:
         return [torch.zeros(batch, kv, 0, hd, dtype=dtype, device=device) for kv, hd in self.slots for _ in (0, 1)]

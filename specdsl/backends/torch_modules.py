@@ -220,15 +220,6 @@ class Softmax(nn.Module):
         return F.softmax(x, dim=self.dim)
 
 
-def build_form(form) -> nn.Module:
-    """Construct a kind's TorchForm: "nn.X" from torch.nn, anything else from this module."""
-    if form.constructor.startswith("nn."):
-        cls = getattr(nn, form.constructor[3:])
-    else:
-        cls = globals()[form.constructor]
-    return cls(*form.args, **form.kwargs)
-
-
 def init_gpt2_(module: nn.Module) -> None:
     """GPT-2's initialisation (Radford et al. 2019; nanoGPT's _init_weights): weights N(0, 0.02), biases zero, norms
     one. GPT-2's extra 1/sqrt(2 layers) on the residual projections is left out: on nanoGPT's Shakespeare model it

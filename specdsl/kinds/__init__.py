@@ -1,21 +1,19 @@
-"""The registry of layer kinds: the name used in the language -> its one declaration."""
+"""The layer kinds: the name used in the language -> its one declaration.
+
+Importing a kind's module registers it (Kind.__init_subclass__); this package imports the built-in ones. A package
+of one's own adds kinds through the `specdsl.kinds` entry point group, loaded the first time a spec calls a kind
+that is not here (docs/language.md, "Adding a kind").
+"""
 
 from __future__ import annotations
 
-from .attention import Attention
-from .base import REQUIRED, Arg, Args, Kind
-from .conv import AvgPool2d, Conv2d, Flatten, MaxPool2d, Select
-from .elementwise import ACTIVATIONS, GELU, Dropout, ReLU, SiLU, Softmax, Tanh
-from .embedding import Embedding, PositionalEmbedding
-from .linear import Linear
-from .mlp import MLP, GatedMLP, MoE
-from .norm import LayerNorm, RMSNorm
+# Each import registers its module's kinds, in this order: the order of the docs' reference and of did-you-mean.
+# isort: off
+from . import embedding, linear, norm, elementwise, attention, mlp, conv  # noqa: F401
+# isort: on
+from .base import REGISTRY, REQUIRED, Arg, Args, Example, Kind, KindError, TorchForm
+from .elementwise import ACTIVATIONS
 
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Embedding(), PositionalEmbedding(), Linear(), LayerNorm(), RMSNorm(), Dropout(),
-    GELU(), ReLU(), SiLU(), Tanh(), Softmax(),
-    Attention(), MLP(), GatedMLP(), MoE(),
-    Conv2d(), MaxPool2d(), AvgPool2d(), Flatten(), Select(),
-)}
+KINDS = REGISTRY
 
-__all__ = ["KINDS", "Kind", "Arg", "Args", "REQUIRED", "ACTIVATIONS"]
+__all__ = ["KINDS", "Kind", "Arg", "Args", "Example", "KindError", "TorchForm", "REQUIRED", "ACTIVATIONS"]

@@ -9,7 +9,18 @@ then v) and the output projection `out` [d, heads head_dim].
 from __future__ import annotations
 
 from ..shapes import ShapeError, concrete_count, max_extent
-from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, int64, non_negative, positive, probability
+from .base import (
+    Arg,
+    Example,
+    Kind,
+    TorchForm,
+    expect_float,
+    expect_last_dim,
+    int64,
+    non_negative,
+    positive,
+    probability,
+)
 
 
 def _default_head_dim(a):
@@ -25,18 +36,33 @@ class Attention(Kind):
     args = (
         Arg("d", int, check=positive, doc="model width (input and output)"),
         Arg("heads", int, check=positive, doc="query heads"),
-        Arg("kv_heads", int, lambda a: a.heads, check=positive,
+        Arg("kv_heads", int, lambda a: a.heads, check=positive, default_doc="heads",
             doc="key/value heads: heads (MHA), 1 (MQA), between (GQA)"),
-        Arg("head_dim", int, _default_head_dim, check=positive, doc="width of one head; d // heads by default"),
+        Arg("head_dim", int, _default_head_dim, check=positive, default_doc="d // heads",
+            doc="width of one head (then `d % heads` must be 0)"),
         Arg("causal", bool, True, doc="mask future positions (decoder) or not (encoder)"),
         Arg("bias", bool, False, doc="bias on the q, k, v projection"),
-        Arg("out_bias", bool, lambda a: a.bias, doc="bias on the output projection; follows bias by default"),
+        Arg("out_bias", bool, lambda a: a.bias, default_doc="bias", doc="bias on the output projection"),
         Arg("rope", bool, False, doc="rotary position embedding on q and k"),
         Arg("rope_theta", float, 10000.0, check=positive, doc="rotary base frequency"),
         Arg("window", int, 0, check=lambda v: non_negative(v) or int64(v),
             doc="sliding-window size; 0 means full attention"),
         Arg("dropout", float, 0.0, check=probability, doc="dropout on attention weights"),
     )
+    decode_state = True  # keys and values of earlier positions come from the cache
+    examples = (
+        Example("16, 4", "float[2, seq <= 6, 16]"),
+        Example("16, 4, kv_heads = 2, rope = true, bias = true", "float[2, seq <= 6, 16]"),
+        # A window shorter than the sequence is counted at the window (the algorithm's FLOPs, as Mistral counts
+        # them), while the torch module masks a full score matrix: examples keep window >= seq, so the counts of
+        # the contract test (torch's FlopCounterMode) are the same work.
+        Example("16, 2, head_dim = 6, causal = false, window = 5", "float[1, 5, 16]"),
+    )
+    params_doc = ("`qkv.weight [(heads + 2·kv_heads)·hd, d]`, `qkv.bias [(heads + 2·kv_heads)·hd]`, "
+                  "`out.weight [d, heads·hd]`, `out.bias [d]`")
+    shape_doc = "`float[..., seq, d]` → same; `heads % kv_heads == 0`; even `hd` with `rope`"
+    flops_doc = ("`(2·d·(heads + 2·kv_heads)·hd + 2·heads·hd·d + 4·T·heads·hd)·N'`, T the keys a query reads "
+                 "(the sequence bound, cut by the window)")
 
     def params(self, a):
         qkv_rows = (a.heads + 2 * a.kv_heads) * a.head_dim

@@ -1,12 +1,16 @@
-"""What every layer kind declares: its arguments, parameters, output type, FLOPs, KV cache and torch form.
+"""What every layer kind declares: its arguments, parameters, output type, FLOPs, KV cache, torch form, examples
+and documentation.
 
-A kind is described once (DEVELOPERS.md, principle 1). The analysis, the torch backend and the ONNX export all read
-the same declaration, so they cannot drift apart. Nothing here imports torch: `to_torch` imports it when
-called.
+A kind is described once (DEVELOPERS.md, principle 1). The analysis, the torch backend, the ONNX export, the ejected
+file and docs/language.md all read the same declaration, so they cannot drift apart. A kind registers itself: a
+subclass of Kind with a `name` is in the registry as soon as its module is imported (specdsl/kinds imports the
+built-in ones; other packages add theirs through the `specdsl.kinds` entry point group, docs/language.md). Nothing
+here imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Callable
@@ -16,18 +20,48 @@ from ..shapes import ShapeError, TensorType
 REQUIRED = object()
 
 
+# Where a TorchForm's constructor lives when it names no module: specc's own plain-PyTorch classes.
+BUILTIN_TORCH_MODULE = "specdsl.backends.torch_modules"
+
+
 @dataclass(frozen=True)
 class TorchForm:
-    """How a layer becomes torch: a constructor ("nn.Linear", or a class of backends/torch_modules.py) and its
-    arguments. The torch backend calls it; `--emit-torch` writes it as source. One declaration, two uses."""
+    """How a layer becomes torch: a constructor and its arguments. The constructor is "nn.Linear" (torch.nn), a
+    class of backends/torch_modules.py ("Attention"), or "package.module:Class" (a kind's own plain-PyTorch class,
+    imported when built). The torch backend calls it; `--emit-torch` writes it as source, carrying the class along.
+    One declaration, two uses."""
 
     constructor: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
 
+    @property
+    def location(self) -> tuple[str, str]:
+        """(module, class name) of the constructor: ("torch.nn", "Linear"), ("specdsl.backends.torch_modules",
+        "Attention"), ("package.module", "Class")."""
+        if ":" in self.constructor:
+            module, _, name = self.constructor.partition(":")
+            return module, name
+        if self.constructor.startswith("nn."):
+            return "torch.nn", self.constructor[3:]
+        return BUILTIN_TORCH_MODULE, self.constructor
+
     def source(self) -> str:
+        """The constructor call as the ejected file writes it: torch.nn's as nn.X, any other class by its name
+        (the file carries that class)."""
+        module, name = self.location
+        call = f"nn.{name}" if module == "torch.nn" else name
         parts = [repr(v) for v in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        return f"{self.constructor}({', '.join(parts)})"
+        return f"{call}({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One call of a kind as a spec writes it, and the input it reads. docs/language.md shows them, and
+    tests/test_kinds.py builds each through every backend: counts, FLOPs, torch, the ejected file and ONNX."""
+
+    call: str  # the arguments, as in a spec: "16, 4, kv_heads = 2"
+    input: str  # the input's type, as in a spec: "float[2, 6, 16]"
 
 
 @dataclass(frozen=True)
@@ -40,6 +74,7 @@ class Arg:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None  # returns a complaint, or None when fine
     doc: str = ""
+    default_doc: str = ""  # a computed default as the docs show it: "heads", "d // heads"
 
 
 def positive(v) -> str | None:
@@ -66,12 +101,79 @@ class Args(dict):
     __getattr__ = dict.__getitem__
 
 
+class KindError(TypeError):
+    """A kind declared wrongly (a programming error in a kind, not a user's mistake in a spec)."""
+
+
+class Registry(dict):
+    """Kind name -> its declaration. Kinds add themselves when their module is imported (Kind.__init_subclass__).
+    A name not found loads the packages that declare kinds through the `specdsl.kinds` entry point group, once:
+    start-up pays for them only when a spec calls a kind specc does not have."""
+
+    ENTRY_POINTS = "specdsl.kinds"
+
+    def __init__(self):
+        super().__init__()
+        self._plugins_loaded = False
+
+    def register(self, kind: Kind) -> None:
+        if not kind.name.isidentifier() or not kind.name[0].isupper():
+            raise KindError(f"kind name {kind.name!r} must be an identifier starting with a capital, like Linear")
+        known = self.get(kind.name)
+        where = f"{type(kind).__module__}.{type(kind).__qualname__}"
+        if known is not None and f"{type(known).__module__}.{type(known).__qualname__}" != where:
+            raise KindError(f"two kinds are named {kind.name!r}: {type(known).__module__}.{type(known).__qualname__} "
+                            f"and {where}")
+        self[kind.name] = kind
+
+    def load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from importlib.metadata import entry_points
+        for ep in entry_points(group=self.ENTRY_POINTS):
+            try:
+                importlib.import_module(ep.value.partition(":")[0])
+            except Exception as e:
+                raise KindError(f"the kinds of '{ep.name}' ({ep.value}, entry point group {self.ENTRY_POINTS}) "
+                                f"failed to load: {type(e).__name__}: {e}") from e
+
+    def __contains__(self, name) -> bool:
+        if not dict.__contains__(self, name):
+            self.load_plugins()
+        return dict.__contains__(self, name)
+
+    def __missing__(self, name):
+        if self._plugins_loaded:
+            raise KeyError(name)
+        self.load_plugins()
+        return self[name]
+
+
+REGISTRY = Registry()
+
+
 class Kind:
+    """A layer kind. Subclass it with a `name` and it is registered (a base without a name is a helper)."""
+
     name: str = ""
-    summary: str = ""
+    summary: str = ""  # one line: what it computes (docs/language.md)
     args: tuple[Arg, ...] = ()
     embedding: bool = False  # its parameters count as embedding parameters
     tie_param: str | None = None  # the parameter that `tie = other_layer` makes one tensor with other's
+    examples: tuple[Example, ...] = ()
+    # The docs' words for what the methods below compute, shown in docs/language.md beside the arguments.
+    params_doc: str = "—"
+    shape_doc: str = "same"
+    flops_doc: str = "0"
+    # What the torch module of this kind does besides forward, read by the torch backend:
+    aux_loss: bool = False  # sets `.aux_loss` each forward: a load-balancing loss training adds (MoE)
+    decode_state: bool = False  # reads a DecodeState at `.decode` while decoding incrementally (KV cache, offsets)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            REGISTRY.register(cls())
 
     # ---- declarations read by the analysis ----
     def params(self, a: Args) -> dict[str, tuple[int, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from math import prod
 
 from ..shapes import ShapeError, Sym, TensorType, concrete_count, max_extent
-from .base import Arg, Kind, TorchForm, expect_float, int64, non_negative, positive
+from .base import Arg, Example, Kind, TorchForm, expect_float, int64, non_negative, positive
 
 
 def _out_extent(n, kernel: int, stride: int, padding: int, what: str):
@@ -29,6 +29,12 @@ class Conv2d(Kind):
     args = (Arg("in", int, check=positive), Arg("out", int, check=positive), Arg("kernel", int, check=positive),
             Arg("stride", int, 1, check=positive), Arg("padding", int, 0, check=non_negative),
             Arg("bias", bool, True))
+    examples = (Example("3, 4, 3", "float[2, 3, 8, 8]"), Example("3, 4, 3, stride = 2, padding = 1, bias = false",
+                                                                   "float[1, 3, 9, 7]"))
+    params_doc = "`weight [out, in, kernel, kernel]`, `bias [out]`"
+    shape_doc = ("`float[b, in, h, w]` → `[b, out, h', w']`, `h' = (h + 2·padding − kernel) // stride + 1` "
+                 "(symbolic `h` stays symbolic)")
+    flops_doc = "`2·in·kernel²·out·h'·w'` (fixed dims of the output)"
 
     def params(self, a):
         p = {"weight": (a.out, a["in"], a.kernel, a.kernel)}
@@ -55,7 +61,10 @@ class Conv2d(Kind):
 
 
 class _Pool2d(Kind):
-    args = (Arg("kernel", int, check=positive), Arg("stride", int, lambda a: a.kernel, check=positive))
+    args = (Arg("kernel", int, check=positive),
+            Arg("stride", int, lambda a: a.kernel, check=positive, default_doc="kernel"))
+    examples = (Example("2", "float[2, 3, 8, 8]"), Example("3, stride = 2", "float[1, 2, 9, 7]"))
+    shape_doc = "`float[b, c, h, w]` → `[b, c, h', w']`, `h' = (h − kernel) // stride + 1`"
 
     def output_type(self, a, x):
         _expect_image(x, self.name)
@@ -84,6 +93,8 @@ class Flatten(Kind):
     name = "Flatten"
     summary = "merge dims from `start` on: [b, c, h, w] -> [b, c*h*w]"
     args = (Arg("start", int, 1, check=non_negative),)
+    examples = (Example("", "float[2, 3, 4, 5]"), Example("start = 2", "float[2, 3, 4, 5]"))
+    shape_doc = "merges dims from `start` on (all fixed): `[b, c, h, w]` → `[b, c·h·w]`"
 
     def output_type(self, a, x):
         if a.start >= x.rank:
@@ -103,7 +114,9 @@ class Flatten(Kind):
 class Select(Kind):
     name = "Select"
     summary = "take one index of a dim, removing it: BERT's pooler reads token 0 with Select(dim = 1, index = 0)"
-    args = (Arg("dim", int, 1), Arg("index", int, 0, check=int64))
+    args = (Arg("dim", int, 1), Arg("index", int, 0, check=int64, doc="negative counts from the end"))
+    examples = (Example("", "float[2, 6, 12]"), Example("dim = -1, index = -2", "float[2, 6, 12]"))
+    shape_doc = "removes `dim`, taking one index: `[b, seq, d]` → `[b, d]`"
 
     def output_type(self, a, x):
         dim = a.dim if a.dim >= 0 else x.rank + a.dim

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import ShapeError
-from .base import Arg, Kind, TorchForm, expect_float, probability
+from .base import Arg, Example, Kind, TorchForm, expect_float, probability
 
 # The activation names accepted wherever a kind takes `act = ...` (MLP, GatedMLP, MoE).
 # gelu is exact erf GELU (BERT, GPT-1); gelu_tanh is the tanh approximation (GPT-2's "gelu_new").
@@ -13,7 +13,8 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "tanh")
 class Dropout(Kind):
     name = "Dropout"
     summary = "zeroes elements with probability p while training"
-    args = (Arg("p", float, 0.0, check=probability),)
+    args = (Arg("p", float, 0.0, check=probability, doc="probability of zeroing an element"),)
+    examples = (Example("0.1", "float[2, 3, 12]"),)
 
     def output_type(self, a, x):
         expect_float(x, self.name)
@@ -27,6 +28,8 @@ class Dropout(Kind):
 
 
 class _Activation(Kind):
+    examples = (Example("", "float[2, 3, 12]"),)
+
     def output_type(self, a, x):
         expect_float(x, self.name)
         return x
@@ -39,6 +42,7 @@ class GELU(_Activation):
     name = "GELU"
     summary = "Gaussian error linear unit (Hendrycks & Gimpel 2016)"
     args = (Arg("approximate", str, "none", choices=("none", "tanh")),)
+    examples = (Example("", "float[2, 3, 12]"), Example('approximate = "tanh"', "float[5, 12]"))
 
     def torch_form(self, a):
         return TorchForm("nn.GELU", (), {"approximate": a.approximate})
@@ -72,6 +76,7 @@ class Softmax(_Activation):
     name = "Softmax"
     summary = "softmax over a dim (the last by default)"
     args = (Arg("dim", int, -1),)
+    examples = (Example("", "float[2, 3, 12]"), Example("dim = 1", "float[2, 3, 12]"))
 
     def output_type(self, a, x):
         if not -x.rank <= a.dim < x.rank:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import ShapeError, TensorType, max_extent
-from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
+from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
 
 
 class Embedding(Kind):
@@ -13,6 +13,9 @@ class Embedding(Kind):
             Arg("dim", int, check=positive, doc="vector width"))
     embedding = True
     tie_param = "weight"
+    examples = (Example("50, 8", "int[2, 7]"),)
+    params_doc = "`weight [num, dim]` (embedding)"
+    shape_doc = "`int[...]` → `float[..., dim]`"
 
     def params(self, a):
         return {"weight": (a.num, a.dim)}
@@ -37,6 +40,10 @@ class PositionalEmbedding(Kind):
     args = (Arg("num", int, check=positive, doc="number of positions (the context length)"),
             Arg("dim", int, check=positive))
     embedding = True
+    decode_state = True  # positions continue after the cached ones
+    examples = (Example("16, 8", "float[2, seq <= 16, 8]"),)
+    params_doc = "`weight [num, dim]` (embedding)"
+    shape_doc = "`float[..., seq, dim]` → same; `seq`'s bound ≤ `num`"
 
     def params(self, a):
         return {"weight": (a.num, a.dim)}

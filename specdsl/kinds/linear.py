@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import concrete_count
-from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
+from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
 
 
 class Linear(Kind):
@@ -11,6 +11,10 @@ class Linear(Kind):
     summary = "affine map [..., in] -> [..., out]; `tie = layer` shares the weight of an Embedding"
     args = (Arg("in", int, check=positive), Arg("out", int, check=positive), Arg("bias", bool, True))
     tie_param = "weight"
+    examples = (Example("12, 5", "float[2, 3, 12]"), Example("12, 5, bias = false", "float[4, 12]"))
+    params_doc = "`weight [out, in]`, `bias [out]`"
+    shape_doc = "`[..., in]` → `[..., out]`"
+    flops_doc = "`2·in·out·N`"
 
     def params(self, a):
         p = {"weight": (a.out, a["in"])}

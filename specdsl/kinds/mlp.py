@@ -8,7 +8,7 @@ and mixes their outputs with the renormalised router probabilities.
 from __future__ import annotations
 
 from ..shapes import ShapeError, concrete_count
-from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
+from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
 from .elementwise import ACTIVATIONS
 
 
@@ -17,6 +17,10 @@ class MLP(Kind):
     summary = "fc [ffn, d] -> act -> proj [d, ffn]"
     args = (Arg("d", int, check=positive), Arg("ffn", int, check=positive),
             Arg("act", str, "gelu", choices=ACTIVATIONS), Arg("bias", bool, True))
+    examples = (Example("12, 20", "float[2, 3, 12]"), Example('12, 20, act = "relu", bias = false', "float[4, 12]"))
+    params_doc = "`fc.weight [ffn, d]`, `fc.bias [ffn]`, `proj.weight [d, ffn]`, `proj.bias [d]`"
+    shape_doc = "`[..., d]` → same"
+    flops_doc = "`4·d·ffn·N`"
 
     def params(self, a):
         p = {"fc.weight": (a.ffn, a.d)}
@@ -47,6 +51,11 @@ class GatedMLP(Kind):
     summary = "down(act(gate(x)) * up(x)): SwiGLU with act=silu, GeGLU with act=gelu"
     args = (Arg("d", int, check=positive), Arg("ffn", int, check=positive),
             Arg("act", str, "silu", choices=ACTIVATIONS), Arg("bias", bool, False))
+    examples = (Example("12, 20", "float[2, 3, 12]"), Example('12, 20, act = "gelu", bias = true', "float[4, 12]"))
+    params_doc = ("`gate.weight [ffn, d]`, `up.weight [ffn, d]`, `down.weight [d, ffn]`; with bias `gate.bias [ffn]`, "
+                  "`up.bias [ffn]`, `down.bias [d]`")
+    shape_doc = "`[..., d]` → same"
+    flops_doc = "`6·d·ffn·N`"
 
     def params(self, a):
         p = {"gate.weight": (a.ffn, a.d), "up.weight": (a.ffn, a.d), "down.weight": (a.d, a.ffn)}
@@ -74,6 +83,17 @@ class MoE(Kind):
             Arg("act", str, "silu", choices=ACTIVATIONS),
             Arg("gated", bool, True, doc="gated experts (SwiGLU) or plain MLP experts"),
             Arg("bias", bool, False, doc="biases in the experts"))
+    aux_loss = True
+    examples = (Example("12, 20, 4, 2", "float[2, 5, 12]"),
+                Example("12, 20, 3, 1, gated = false, bias = true", "float[6, 12]"))
+    params_doc = ("`router.weight [experts, d]`; gated: `experts.gate [experts, ffn, d]`, "
+                  "`experts.up [experts, ffn, d]`, `experts.down [experts, d, ffn]`, "
+                  "with bias `experts.gate_bias [experts, ffn]`, "
+                  "`experts.up_bias [experts, ffn]`, `experts.down_bias [experts, d]`; not gated: "
+                  "`experts.fc [experts, ffn, d]`, `experts.proj [experts, d, ffn]`, with bias "
+                  "`experts.fc_bias [experts, ffn]`, `experts.proj_bias [experts, d]`")
+    shape_doc = "`[..., d]` → same; `top_k ≤ experts`"
+    flops_doc = "`(2·d·experts + top_k·(6 if gated else 4)·d·ffn)·N`"
 
     def _expert_params(self, a) -> dict[str, tuple[int, ...]]:
         """One expert's parameters, without the leading experts dim."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from .base import Arg, Kind, TorchForm, expect_float, expect_last_dim, positive
+from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
 
 
 class LayerNorm(Kind):
     name = "LayerNorm"
     summary = "normalise the last dim, then scale (and shift)"
     args = (Arg("dim", int, check=positive), Arg("eps", float, 1e-5, check=positive), Arg("bias", bool, True))
+    examples = (Example("12", "float[2, 3, 12]"), Example("12, eps = 1e-6, bias = false", "float[3, 12]"))
+    params_doc = "`weight [dim]`, `bias [dim]`"
+    shape_doc = "`[..., dim]` → same"
 
     def params(self, a):
         return {"weight": (a.dim,), "bias": (a.dim,)} if a.bias else {"weight": (a.dim,)}
@@ -26,6 +29,9 @@ class RMSNorm(Kind):
     name = "RMSNorm"
     summary = "x / rms(x) * weight over the last dim"
     args = (Arg("dim", int, check=positive), Arg("eps", float, 1e-6, check=positive))
+    examples = (Example("12", "float[2, 3, 12]"),)
+    params_doc = "`weight [dim]`"
+    shape_doc = "`[..., dim]` → same"
 
     def params(self, a):
         return {"weight": (a.dim,)}

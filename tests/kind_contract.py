@@ -1,0 +1,101 @@
+"""The contract every layer kind keeps, checked from its declaration and one example call (Kind.examples):
+
+- the spec with that one layer compiles, and the torch module's parameters are the declared names and shapes;
+- the declared FLOPs equal what torch's FlopCounterMode counts on the same input (attention through SDPA's math
+  kernel, so its matmuls are ones the counter sees; element-wise work counts 0 on both sides);
+- the ejected file (`--emit-torch`) builds a module that loads the compiled one's weights and computes the same;
+- the ONNX export runs on onnxruntime and computes the same as torch.
+
+tests/test_kinds.py runs it over every built-in kind; tests/test_kind_plugin.py over a kind from another package.
+"""
+
+from __future__ import annotations
+
+from math import prod
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import specdsl
+from specdsl.backends.emit_torch import emit_torch
+from specdsl.contract import contract
+from specdsl.kinds import KINDS, Args, Example
+from specdsl.shapes import Sym
+
+BATCH = 2  # an unbounded symbolic dim runs at this size
+
+
+def example_spec(kind: str, example: Example) -> str:
+    return (f"model one_{kind.lower()} {{\n    input x: {example.input}\n"
+            f"    return x -> layer: {kind}({example.call})\n}}\n")
+
+
+def compile_example(kind: str, example: Example):
+    return specdsl.loads(example_spec(kind, example), name=f"{kind}.spec")
+
+
+def example_input(compiled, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """A concrete input for the model's one input (symbolic dims at their bound, or BATCH), and the product of
+    the symbolic dims' sizes: FLOPs per token times it are the FLOPs of this input."""
+    (inp,) = compiled.model.inputs
+    gen = torch.Generator().manual_seed(seed)
+    shape = [d if isinstance(d, int) else (d.bound or BATCH) for d in inp.type.shape]
+    symbolic = prod(n for d, n in zip(inp.type.shape, shape) if isinstance(d, Sym))
+    if inp.type.dtype == "int":
+        return torch.randint(0, contract(compiled.model).ids, shape, generator=gen), symbolic
+    return torch.randn(*shape, generator=gen), symbolic
+
+
+def check_parameters(compiled, module) -> None:
+    layer = compiled.model.root.children[0]
+    declared = {f"layer.{name}": shape for name, shape in KINDS[layer.kind].params(Args(layer.args)).items()}
+    built = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    assert built == declared
+    assert sum(p.numel() for p in module.parameters()) == compiled.analysis.total
+
+
+def check_flops(compiled, module, x: torch.Tensor, symbolic: int) -> None:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        module(x)
+    assert counter.get_total_flops() == compiled.analysis.forward_flops * symbolic
+
+
+def check_ejected(compiled, module, x: torch.Tensor, folder: Path) -> None:
+    source = emit_torch(compiled.model)
+    path = folder / "ejected.py"
+    path.write_text(source, encoding="utf-8")
+    namespace: dict = {"__name__": "ejected"}
+    exec(compile(source, str(path), "exec"), namespace)
+    ejected = namespace["Model"]().eval()
+    ejected.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(ejected(x), module(x), rtol=0, atol=0)
+
+
+def check_onnx(compiled, module, x: torch.Tensor, folder: Path) -> None:
+    """export() compares onnxruntime with its torch module on two batch sizes (and lengths) and refuses a
+    difference over its tolerance; here: it ran those checks, and the file runs on this input too."""
+    import onnxruntime as ort
+
+    from specdsl.backends.onnx_export import TOLERANCE, export
+    out = folder / "layer.onnx"
+    report = export(compiled, out)
+    assert len(report["checks"]) >= 2 and report["max_abs_diff"] <= TOLERANCE
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (name,) = [i.name for i in session.get_inputs()]
+    got = session.run(None, {name: x.numpy()})[0]
+    assert got.shape == tuple(module(x).shape)
+
+
+def check_kind(kind: str, example: Example, folder: Path, onnx: bool = True) -> None:
+    compiled = compile_example(kind, example)
+    torch.manual_seed(0)
+    module = specdsl.to_torch(compiled).eval()
+    x, symbolic = example_input(compiled)
+    check_parameters(compiled, module)
+    check_flops(compiled, module, x, symbolic)
+    check_ejected(compiled, module, x, folder)
+    if onnx:
+        check_onnx(compiled, module, x, folder)
