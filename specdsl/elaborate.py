@@ -920,7 +920,7 @@ class Elaborator:
         self.load_uses(spec)
         hyper = self.hyperparameters(preset, overrides)
         if not spec.models:
-            where = Span(spec.path, 1, 1)
+            where = spec.start
             raise SpecError.combine(self._in_source_order() + [SpecError(
                 "no model in this file", where, hint="a spec defines `model NAME { input ...  return ... }`")])
         for extra in spec.models[1:]:
@@ -1027,7 +1027,7 @@ def elaborate(spec: S.SpecFile, preset: str | None = None, overrides: dict[str, 
     try:
         return Elaborator(spec, saved).model(preset, dict(overrides or {}))
     except RecursionError:
-        raise SpecError("the spec nests too deeply to elaborate", Span(spec.path, 1, 1)) from None
+        raise SpecError("the spec nests too deeply to elaborate", spec.start) from None
 
 
 def load(path: str | os.PathLike, preset: str | None = None, overrides: dict[str, Any] | None = None) -> ir.Model:
