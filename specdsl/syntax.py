@@ -1,6 +1,6 @@
 """The syntax tree: small frozen dataclasses, each with the Span of the text it came from.
 
-Produced by parse.py, consumed by elaborate.py. No meaning here: names are not resolved and nothing is evaluated.
+Produced by parse.py, consumed by specdsl/elaborate/. No meaning here: names are not resolved and nothing is evaluated.
 """
 
 from __future__ import annotations
