@@ -17,12 +17,17 @@ _LINES = "\t\n"  # what a message may keep as is
 
 @dataclass(frozen=True)
 class Span:
-    """A place in a source file: 1-based line and column, `end_col` exclusive (same line)."""
+    """A place in a source file: 1-based line and column, `end_col` exclusive (same line).
+
+    `source` is the text the span points into (the one string the parser read, shared by all its spans), so an error
+    shows its own line even after another text of the same file name was loaded. It is not part of the span's
+    identity (equality and hashing use file, line and columns) and is never shown by repr."""
 
     file: str
     line: int
     col: int
     end_col: int | None = None
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         # Line 0: a mistake on the command line or in a folder, not at a place in a source file.
@@ -31,16 +36,10 @@ class Span:
 
 NO_SPAN = Span("<input>", 1, 1)
 
-# Source texts by file name, so an error can show its line without re-reading the file.
-_SOURCES: dict[str, str] = {}
-
-
-def register_source(file: str, text: str) -> None:
-    _SOURCES[file] = text
-
-
 def source_line(span: Span) -> str | None:
-    text = _SOURCES.get(span.file)
+    """The line a span points at, read from the text it carries; None for a span made without one (a command-line
+    flag, a folder, bytes that are not text)."""
+    text = span.source
     if text is None:
         return None
     lines = text.split("\n")  # as the parser counts lines: splitlines() also splits on \r, \f, \u2028...

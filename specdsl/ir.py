@@ -1,4 +1,4 @@
-"""The IR: what a spec means, as frozen dataclasses. Produced by elaborate.py; read by the analysis and backends.
+"""The IR: what a spec means, as frozen dataclasses. Produced by specdsl/elaborate/; read by the analysis and backends.
 
 A Model is a tree of Modules whose leaves are Layers (instances of a layer kind with resolved arguments). Each
 Module also holds its dataflow as Ops over its children. A `repeat` is one Module with `count` (and `shared` when one

@@ -16,7 +16,7 @@ import lark
 from lark import Token, Transformer
 
 from . import syntax as S
-from .errors import Span, SpecError, register_source
+from .errors import Span, SpecError
 from .io import open_regular
 from .resources import grammar_path
 
@@ -161,36 +161,38 @@ def _misplaced_keyword(text: str, file: str, words: list[re.Match], lits: set[st
 def _offset_span(text: str, file: str, m: re.Match) -> Span:
     line = text.count("\n", 0, m.start()) + 1
     col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-    return Span(file, line, col, col + len(m.group()))
+    return Span(file, line, col, col + len(m.group()), source=text)
 
 
 def _end_span(text: str, file: str) -> Span:
     """Where the end of file is, for 'unexpected end of file': after the last non-blank character."""
     body = text.rstrip()
-    return _span(file, body.count("\n") + 1, len(body) - (body.rfind("\n") + 1) + 1)
+    return _span(text, file, body.count("\n") + 1, len(body) - (body.rfind("\n") + 1) + 1)
 
 
-def _span(file: str, line: int, col: int, end_col: int | None = None) -> Span:
-    return Span(file, line or 1, col or 1, end_col)
+def _span(text: str, file: str, line: int, col: int, end_col: int | None = None) -> Span:
+    """A span of `text` from Lark's numbers (which may be None or 0 at the very start)."""
+    return Span(file, line or 1, col or 1, end_col, source=text)
 
 
 def _join(first: Span, last: Span) -> Span:
     """The span from the start of `first` to the end of `last` when both are on one line."""
     end = last.end_col if last.line == first.line else None
-    return Span(first.file, first.line, first.col, end)
+    return Span(first.file, first.line, first.col, end, source=first.source)
 
 
 class _ToAst(Transformer):
     """Lark tree -> syntax dataclasses. Every span comes from a token (keywords and operators are named terminals),
     so the parser runs without propagate_positions, at less than half the cost."""
 
-    def __init__(self, file: str):
+    def __init__(self, file: str, text: str):
         super().__init__()
         self.file = file
+        self.text = text  # every span refers to it, so that an error shows its own line
 
     def _t(self, tok: Token) -> Span:
         end = tok.end_column if tok.end_line == tok.line else None
-        return Span(self.file, tok.line, tok.column, end)
+        return Span(self.file, tok.line, tok.column, end, source=self.text)
 
     # ---- atoms ----
     def number(self, children):
@@ -353,7 +355,7 @@ def _shorten(text: str, limit: int = 24) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _deepest_span(tree: lark.Tree, file: str) -> Span:
+def _deepest_span(tree: lark.Tree, text: str, file: str) -> Span:
     """Where the parse tree is deepest (the first token under its deepest node), found without recursion: the place
     to point at when the tree is too deep to transform (a 20,000-term sum)."""
     deepest, depth, stack = tree, 0, [(tree, 0)]
@@ -366,8 +368,8 @@ def _deepest_span(tree: lark.Tree, file: str) -> Span:
     while isinstance(node, lark.Tree):
         node = next((c for c in node.children if c is not None), None)
     if isinstance(node, Token) and node.line is not None:
-        return _span(file, node.line, node.column, node.end_column if node.end_line == node.line else None)
-    return Span(file, 1, 1)
+        return _span(text, file, node.line, node.column, node.end_column if node.end_line == node.line else None)
+    return Span(file, 1, 1, source=text)
 
 
 def _unquote(text: str) -> str:
@@ -407,7 +409,8 @@ def _check_nesting(text: str, file: str) -> None:
         elif ch in "({[":
             depth += 1
             if depth > MAX_NESTING:
-                raise SpecError(f"nesting is more than {MAX_NESTING} levels deep", Span(file, line, col),
+                where = Span(file, line, col, source=text)
+                raise SpecError(f"nesting is more than {MAX_NESTING} levels deep", where,
                                 hint="split the expression with named values (`h = ...`)")
         elif ch in ")}]":
             depth = max(0, depth - 1)
@@ -439,7 +442,6 @@ _CACHE: dict[tuple[str, str], S.SpecFile] = {}
 
 def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
     """Parse spec text to a SpecFile. Cached by (file, content hash): a re-parse of the same text is free."""
-    register_source(file, text)
     key = (file, hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
     cached = _CACHE.get(key)
     if cached is not None:
@@ -457,10 +459,10 @@ def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
         else:
             start = tok.start_pos or 0
             end = start + len(tok)
-            span = _span(file, tok.line, tok.column, getattr(tok, "end_column", None))
+            span = _span(text, file, tok.line, tok.column, getattr(tok, "end_column", None))
             got = f"'{tok}'"
             if str(tok) == ">" and start > 0 and text[start - 1] == "-":  # '->' where no pipeline can be: '-', '>'
-                span, got = _span(file, tok.line, tok.column - 1, tok.column + 1), "'->'"
+                span, got = _span(text, file, tok.line, tok.column - 1, tok.column + 1), "'->'"
         expected = set(e.expected or ())
         words = _words_before(text, start)
         misplaced = _misplaced_keyword(text, file, words, {_terminal_text(t) for t in expected}, got.strip("'"), span)
@@ -472,25 +474,26 @@ def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
         hint = {"'": "strings use double quotes", '"': "a string must end with '\"' on the line it starts",
                 "!": "use `not` to negate and `!=` to compare", "&": "use `and`", "|": "use `or`"}.get(ch)
-        raise SpecError(f"unexpected character {ch!r}", _span(file, e.line, e.column, e.column + 1),
+        raise SpecError(f"unexpected character {ch!r}", _span(text, file, e.line, e.column, e.column + 1),
                         hint=hint) from None
     except lark.exceptions.UnexpectedEOF as e:
         raise SpecError(f"unexpected end of file; expected {_expected_text(e.expected)}",
                         _end_span(text, file)) from None
     try:
-        items = _ToAst(file).transform(tree)
+        items = _ToAst(file, text).transform(tree)
     except RecursionError:
-        raise SpecError("expression is too deeply nested", _deepest_span(tree, file),
+        raise SpecError("expression is too deeply nested", _deepest_span(tree, text, file),
                         hint="split long expressions with named values") from None
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, SpecError):  # a located complaint from the transformer (a number too large)
             raise e.orig_exc from None
         if isinstance(e.orig_exc, RecursionError):
-            raise SpecError("expression is too deeply nested", _deepest_span(tree, file),
+            raise SpecError("expression is too deeply nested", _deepest_span(tree, text, file),
                             hint="split long expressions with named values") from None
         raise
     spec = S.SpecFile(
         path=file,
+        source=text,
         uses=tuple(i for i in items if isinstance(i, S.Use)),
         params=tuple(i for i in items if isinstance(i, S.ParamDecl)),
         presets=tuple(i for i in items if isinstance(i, S.Preset)),

@@ -1,11 +1,11 @@
 """The syntax tree: small frozen dataclasses, each with the Span of the text it came from.
 
-Produced by parse.py, consumed by elaborate.py. No meaning here: names are not resolved and nothing is evaluated.
+Produced by parse.py, consumed by specdsl/elaborate/. No meaning here: names are not resolved and nothing is evaluated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from .errors import Span
@@ -217,3 +217,9 @@ class SpecFile:
     blocks: tuple[BlockDef, ...]
     models: tuple[ModelDef, ...]
     train: tuple[TrainSection, ...] = ()
+    source: str | None = field(default=None, compare=False, repr=False)  # the text parsed, which its spans carry
+
+    @property
+    def start(self) -> Span:
+        """The file's first character: where an error about the whole file points."""
+        return Span(self.path, 1, 1, source=self.source)
