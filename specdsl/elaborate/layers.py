@@ -29,6 +29,9 @@ class Layers(ElaborationState):
         hint = did_you_mean(stage.callee, list(KINDS) + list(self.blocks))
         if hint is None and stage.callee in scope.values:
             hint = f"'{stage.callee}' is a value; combine values with + - * /"
+        if hint is None and stage.callee[:1].isupper():
+            hint = (f"no installed package declares a kind '{stage.callee}' (specc looks in the "
+                    f"'{KINDS.ENTRY_POINTS}' entry point group; docs/language.md, 'Adding a layer kind')")
         self.fail(f"unknown layer '{stage.callee}'", stage.span, hint=hint)
 
     def _apply_repeat(self, stage: S.Repeat, x: TVal, scope: Scope, builder: ModuleBuilder):
