@@ -447,50 +447,7 @@ def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
     if cached is not None:
         return cached
     _check_nesting(text, file)
-    try:
-        tree = _parser().parse(text)
-    except lark.exceptions.UnexpectedToken as e:
-        tok = e.token
-        # Lines are counted on "\n" only, as Lark counts them (splitlines() would also split on \f, \u2028...).
-        if tok.type == "$END":
-            start, end = len(text), len(text)
-            span = _end_span(text, file)
-            got = "end of file"
-        else:
-            start = tok.start_pos or 0
-            end = start + len(tok)
-            span = _span(text, file, tok.line, tok.column, getattr(tok, "end_column", None))
-            got = f"'{tok}'"
-            if str(tok) == ">" and start > 0 and text[start - 1] == "-":  # '->' where no pipeline can be: '-', '>'
-                span, got = _span(text, file, tok.line, tok.column - 1, tok.column + 1), "'->'"
-        expected = set(e.expected or ())
-        words = _words_before(text, start)
-        misplaced = _misplaced_keyword(text, file, words, {_terminal_text(t) for t in expected}, got.strip("'"), span)
-        if misplaced is not None:
-            raise SpecError(misplaced[0], misplaced[1], hint=misplaced[2]) from None
-        hint = _hint_for(got.strip("'"), expected, [m.group() for m in words], text[end:])
-        raise SpecError(f"unexpected {got}; expected {_expected_text(expected)}", span, hint=hint) from None
-    except lark.exceptions.UnexpectedCharacters as e:
-        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
-        hint = {"'": "strings use double quotes", '"': "a string must end with '\"' on the line it starts",
-                "!": "use `not` to negate and `!=` to compare", "&": "use `and`", "|": "use `or`"}.get(ch)
-        raise SpecError(f"unexpected character {ch!r}", _span(text, file, e.line, e.column, e.column + 1),
-                        hint=hint) from None
-    except lark.exceptions.UnexpectedEOF as e:
-        raise SpecError(f"unexpected end of file; expected {_expected_text(e.expected)}",
-                        _end_span(text, file)) from None
-    try:
-        items = _ToAst(file, text).transform(tree)
-    except RecursionError:
-        raise SpecError("expression is too deeply nested", _deepest_span(tree, text, file),
-                        hint="split long expressions with named values") from None
-    except lark.exceptions.VisitError as e:
-        if isinstance(e.orig_exc, SpecError):  # a located complaint from the transformer (a number too large)
-            raise e.orig_exc from None
-        if isinstance(e.orig_exc, RecursionError):
-            raise SpecError("expression is too deeply nested", _deepest_span(tree, text, file),
-                            hint="split long expressions with named values") from None
-        raise
+    items = _transform(_parse_tree(text, file), text, file)
     spec = S.SpecFile(
         path=file,
         source=text,
@@ -506,6 +463,62 @@ def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
         _CACHE.clear()
     _CACHE[key] = spec
     return spec
+
+
+def _parse_tree(text: str, file: str) -> lark.Tree:
+    """Lark's parse tree, or a SpecError in the user's words (never Lark's terminal names)."""
+    try:
+        return _parser().parse(text)
+    except lark.exceptions.UnexpectedToken as e:
+        raise _unexpected_token(e, text, file) from None
+    except lark.exceptions.UnexpectedCharacters as e:
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
+        hint = {"'": "strings use double quotes", '"': "a string must end with '\"' on the line it starts",
+                "!": "use `not` to negate and `!=` to compare", "&": "use `and`", "|": "use `or`"}.get(ch)
+        raise SpecError(f"unexpected character {ch!r}", _span(text, file, e.line, e.column, e.column + 1),
+                        hint=hint) from None
+    except lark.exceptions.UnexpectedEOF as e:
+        raise SpecError(f"unexpected end of file; expected {_expected_text(e.expected)}",
+                        _end_span(text, file)) from None
+
+
+def _unexpected_token(e: lark.exceptions.UnexpectedToken, text: str, file: str) -> SpecError:
+    tok = e.token
+    # Lines are counted on "\n" only, as Lark counts them (splitlines() would also split on \f, \u2028...).
+    if tok.type == "$END":
+        start, end = len(text), len(text)
+        span = _end_span(text, file)
+        got = "end of file"
+    else:
+        start = tok.start_pos or 0
+        end = start + len(tok)
+        span = _span(text, file, tok.line, tok.column, getattr(tok, "end_column", None))
+        got = f"'{tok}'"
+        if str(tok) == ">" and start > 0 and text[start - 1] == "-":  # '->' where no pipeline can be: '-', '>'
+            span, got = _span(text, file, tok.line, tok.column - 1, tok.column + 1), "'->'"
+    expected = set(e.expected or ())
+    words = _words_before(text, start)
+    misplaced = _misplaced_keyword(text, file, words, {_terminal_text(t) for t in expected}, got.strip("'"), span)
+    if misplaced is not None:
+        return SpecError(misplaced[0], misplaced[1], hint=misplaced[2])
+    hint = _hint_for(got.strip("'"), expected, [m.group() for m in words], text[end:])
+    return SpecError(f"unexpected {got}; expected {_expected_text(expected)}", span, hint=hint)
+
+
+def _transform(tree: lark.Tree, text: str, file: str) -> list:
+    """The syntax tree's top-level items (specdsl/syntax.py)."""
+    try:
+        return _ToAst(file, text).transform(tree)
+    except RecursionError:
+        raise SpecError("expression is too deeply nested", _deepest_span(tree, text, file),
+                        hint="split long expressions with named values") from None
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, SpecError):  # a located complaint from the transformer (a number too large)
+            raise e.orig_exc from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise SpecError("expression is too deeply nested", _deepest_span(tree, text, file),
+                            hint="split long expressions with named values") from None
+        raise
 
 
 def read_source(path: str | os.PathLike) -> tuple[str, str]:
