@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The edit-test loop: everything but the tests marked slow (training runs, ONNX exports, subprocesses, fuzzing).
+# CI runs `make test`, the whole suite.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup
 	$(BIN)/python bench/compile_speed.py

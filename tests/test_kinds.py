@@ -4,7 +4,7 @@ kinds register themselves, a name is declared once, every built-in kind has exam
 from pathlib import Path
 
 import pytest
-from kind_contract import check_kind
+from kind_contract import check_kind, check_onnx, compile_example, example_input
 
 import specdsl
 from specdsl.backends.emit_torch import emit_torch
@@ -22,9 +22,20 @@ def test_every_built_in_kind_has_examples_and_a_summary():
     assert {name for name, kind in BUILT_IN.items() if not kind.examples or not kind.summary} == set()
 
 
-@pytest.mark.parametrize("kind,example", EXAMPLES, ids=[f"{k}({e.call})" for k, e in EXAMPLES])
+IDS = [f"{k}({e.call})" for k, e in EXAMPLES]
+
+
+@pytest.mark.parametrize("kind,example", EXAMPLES, ids=IDS)
 def test_kind_keeps_its_contract(kind, example, tmp_path):
-    check_kind(kind, example, tmp_path)
+    """Parameters, FLOPs and the ejected module (the ONNX half is the next test)."""
+    check_kind(kind, example, tmp_path, onnx=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,example", EXAMPLES, ids=IDS)
+def test_kind_exports_to_onnx(kind, example, tmp_path):
+    compiled = compile_example(kind, example)
+    check_onnx(compiled, specdsl.to_torch(compiled).eval(), example_input(compiled)[0], tmp_path)
 
 
 def test_a_kind_registers_itself_and_a_name_is_declared_once():
