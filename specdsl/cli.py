@@ -15,6 +15,7 @@ import typer
 from . import __version__
 from .context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES
 from .errors import Span, SpecError
+from .kinds.base import KindError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="specc: compile declarative model specs to exact counts, PyTorch and ONNX.")
@@ -304,6 +305,8 @@ def run() -> None:
         torch_first = "install PyTorch first (pip install torch; see README), then " if e.name == "torch" else ""
         _exit(EXIT_FAILURE, f"error: this command needs {e.name}, which is not installed\n"
                             f"hint: {torch_first}pip install 'specdsl[{extra}]'")
+    except KindError as e:  # an installed package's kinds do not load: not specc's bug, and not the spec's
+        _exit(EXIT_FAILURE, f"error: {e}\nhint: fix or uninstall that package")
     except MemoryError:
         _exit(EXIT_FAILURE, "error: out of memory\nhint: a smaller model (--set), batch or input")
     except OSError as e:  # said in one line: a path the user gave (exit 2), or the machine's trouble (a full disk)

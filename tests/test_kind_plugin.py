@@ -129,3 +129,19 @@ def test_the_kind_keeps_the_contract_of_every_kind(plugin, tmp_path, monkeypatch
         dict.pop(KINDS, "LayerScale", None)
         for name in ("layerscale_kind", "layerscale_kind.torch_layer"):
             sys.modules.pop(name, None)
+
+
+def test_a_package_whose_kinds_fail_to_load_is_named_in_one_line(tmp_path, specc_cmd):
+    (tmp_path / "broken_kinds.py").write_text("raise RuntimeError('half-installed')\n")
+    meta = tmp_path / "broken_kinds-0.1.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-kinds\nVersion: 0.1\n")
+    (meta / "entry_points.txt").write_text("[specdsl.kinds]\nbroken = broken_kinds\n")
+    (tmp_path / "scaled.spec").write_text(SPEC)
+    done = run([*specc_cmd, "compile", str(tmp_path / "scaled.spec")], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "the kinds of 'broken' (broken_kinds" in done.stderr and "half-installed" in done.stderr
+    assert "bug in specc" not in done.stderr
+    # A spec that calls only specc's own kinds never loads other packages.
+    (tmp_path / "plain.spec").write_text("model m {\n    input x: float[2, 4]\n    return x -> Linear(4, 2)\n}\n")
+    assert run([*specc_cmd, "compile", str(tmp_path / "plain.spec")], tmp_path).returncode == 0
