@@ -37,6 +37,7 @@ def test_a_context_called_block_size_trains_samples_exports_and_generates_past_i
     from rich.console import Console
 
     from specdsl.backends import onnx_export
+    from specdsl.backends.onnx_cli import trained_module
     from specdsl.backends.onnx_generate import OnnxGenerator
     from specdsl.train import rundir
     from specdsl.train.loop import train
@@ -55,5 +56,6 @@ def test_a_context_called_block_size_trains_samples_exports_and_generates_past_i
     prompt = tokenizer.encode("the ")
     greedy = list(generate(module, prompt, 40, ctx, temperature=0))  # 4 + 40 tokens: past the context
     compiled, record = rundir.compile_run(rundir.open_existing(run))
-    onnx_export.export(compiled, tmp_path / "m.onnx", weights_from=run / "best", tokenizer=record["tokenizer"])
+    onnx_export.export(compiled, tmp_path / "m.onnx", module=trained_module(compiled, run / "best"),
+                       tokenizer=record["tokenizer"])
     assert list(OnnxGenerator(tmp_path / "m.onnx").generate(prompt, 40, temperature=0)) == greedy

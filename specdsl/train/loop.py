@@ -47,6 +47,8 @@ from .data import (
 # ---- tasks: what a batch is, what the loss is ----
 
 class LanguageModelling:
+    ignore_index = IGNORE  # a target that is not scored (none here; the masked objective's unchosen positions)
+
     def __init__(self, data: TokenData, tokenizer: Tokenizer, ctx: int):
         self.data, self.tokenizer, self.ctx = data, tokenizer, ctx
 
