@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from .. import ir
 from ..backends.torch_backend import to_torch
-from ..compiled import load
+from ..compiled import context_hyperparameter, load, vocabulary_hyperparameter
 from ..contract import contract
 from ..errors import Span, SpecError
 from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
@@ -296,16 +296,21 @@ def _prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, r
             # A model that attends to later positions would read the next token: it learns masked tokens instead.
             tokenizer = Tokenizer.fit(config.tokenizer, text, mask=not contract(probe.model).causal)
             ids = encode_array(tokenizer, text)
-        if "vocab" in probe.model.hyperparameters and "vocab" not in overrides:
-            overrides["vocab"] = tokenizer.vocab_size  # the data decides the vocabulary, as nanoGPT's meta.pkl
+        # The data decides the vocabulary, as nanoGPT's meta.pkl, through whichever hyperparameter the model's
+        # vocabulary follows (whatever its name); an explicit --set of it wins.
+        vocab_name = vocabulary_hyperparameter(probe.model, overrides)
+        if vocab_name is not None and vocab_name not in overrides:
+            overrides[vocab_name] = tokenizer.vocab_size
         compiled = load(spec_path, preset=preset, overrides=overrides)
-        vocab = compiled.model.outputs[0][1].shape[-1]
-        if vocab < tokenizer.vocab_size:
+        vocab = contract(compiled.model).vocab
+        if vocab is not None and vocab < tokenizer.vocab_size:
             needs = f"{tokenizer.data_size} distinct tokens" + (" and [MASK]" if tokenizer.mask else "")
             raise SpecError(f"the data has {needs} but the model's vocabulary is {vocab}",
-                            compiled.model.inputs[0].span, hint="--set vocab=... or drop the override")
+                            compiled.model.inputs[0].span,
+                            hint=f"--set {vocab_name}=... or drop the override" if vocab_name else
+                            "the spec fixes its vocabulary: make it as large as the data's")
         if ids is not None:
-            _check_splits(len(ids), contract(compiled.model).context, config.data)
+            _check_splits(len(ids), compiled.model, overrides, config.data)
         _check_batch_memory(config, contract(compiled.model).context)
     elif saved is not None:
         compiled = load(spec_path, preset=preset, overrides=overrides)
@@ -366,13 +371,16 @@ def _check_batch_memory(config: TrainConfig, ctx: int) -> None:
                         hint="a smaller --batch, or --accum to split it into micro-batches")
 
 
-def _check_splits(tokens: int, ctx: int, data: str | None) -> None:
+def _check_splits(tokens: int, model: ir.Model, overrides: dict, data: str | None) -> None:
+    ctx = contract(model).context
     split = int(tokens * TRAIN_FRACTION)
     for name, size in (("training", split), ("validation", tokens - split)):
         if size <= ctx + 1:
+            context_name = context_hyperparameter(model, overrides)  # only now: it elaborates the spec again
             raise SpecError(f"the data is too short: {tokens:,} tokens leave {size:,} for {name}, and a window needs "
                             f"{ctx + 1:,}", Span("--data", 0, 0) if data else Span("--set", 0, 0),
-                            hint="more text, or a shorter context (--set ctx=...)")
+                            hint="more text, or a shorter context" + (f" (--set {context_name}=...)" if context_name
+                                                                      else ""))
 
 
 def _start(session: Session) -> rundir.RunDir:
