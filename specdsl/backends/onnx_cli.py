@@ -38,8 +38,8 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
     if run is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
         from ..contract import contract
         from ..train.data import TokenData
-        from ..train.loop import language_task
         from ..train.rundir import DATA
+        from ..train.tasks import language_task
         val_task = language_task(TokenData(run.path / DATA, run.tokenizer()), run.tokenizer(),
                                  contract(compiled.model).context)
     if weights is None:
