@@ -6,8 +6,8 @@ Two models, random weights (seeded; the same weights on both backends, checked b
 * (b) the same spec with d=256, ctx=256 (4 layers, 4 heads, vocab 65).
 
 Each is exported with specdsl.backends.onnx_export.export into a temporary directory (OUT.onnx, the full graph,
-and OUT.decode.onnx, the graph with a KV cache; export checks both against PyTorch), with the bench's weights passed
-as a checkpoint. onnxruntime runs them on the CPUExecutionProvider with its default graph optimizations
+and OUT.decode.onnx, the graph with a KV cache; export checks both against PyTorch), with the bench's module passed
+as is. onnxruntime runs them on the CPUExecutionProvider with its default graph optimizations
 (ORT_ENABLE_ALL) and intra_op_num_threads set to torch's thread count (--threads), so both use the same cores.
 
 1. Forward latency: tokens [B, T] -> logits, PyTorch (eval, torch.no_grad) against onnxruntime (full graph),
@@ -75,6 +75,7 @@ import specdsl  # noqa: E402
 from specdsl.backends.onnx_export import export  # noqa: E402
 from specdsl.backends.onnx_generate import OnnxGenerator  # noqa: E402
 from specdsl.context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES, prompt_start, window_start  # noqa: E402
+from specdsl.contract import contract  # noqa: E402
 from specdsl.tokenizer import Tokenizer  # noqa: E402
 from specdsl.train.sample import generate  # noqa: E402
 
@@ -134,17 +135,12 @@ def ort_session(path: Path, threads: int):
 
 def build(overrides: dict, tmp: Path, seed: int):
     """The torch module with seeded random weights, and its two exported graphs (exported from those weights)."""
-    from safetensors.torch import save_file
     compiled = specdsl.load(SPEC, overrides=overrides)
     torch.manual_seed(seed)
     module = specdsl.to_torch(compiled).eval()
-    ckpt = tmp / "weights"
-    ckpt.mkdir()
-    # named_parameters() lists a tied tensor once (lm_head.weight is wte.weight), as load_weights_into expects
-    save_file({n: p.detach().contiguous() for n, p in module.named_parameters()}, str(ckpt / "model.safetensors"))
     # a tokenizer of the model's vocabulary, for OnnxGenerator (the bench feeds ids, never text)
-    chars = "".join(chr(33 + i) for i in range(int(compiled.model.hyperparameters["vocab"])))
-    report = export(compiled, tmp / "model.onnx", weights_from=ckpt, tokenizer=Tokenizer("char", chars).to_json())
+    chars = "".join(chr(33 + i) for i in range(contract(compiled.model).ids))
+    report = export(compiled, tmp / "model.onnx", module=module, tokenizer=Tokenizer("char", chars).to_json())
     return compiled, module, report, tmp / "model.onnx", tmp / "model.decode.onnx"
 
 

@@ -71,3 +71,11 @@ def test_no_import_cycles():
         if node not in done:
             visit(node, [node])
     assert not cycles
+
+
+def test_onnx_export_knows_nothing_of_training():
+    """The exporter takes loaded weights and a scoring task from its caller (the CLI reads the run): it imports
+    nothing from specdsl.train, not even inside a function."""
+    edges = graph()
+    assert "specdsl.backends.onnx_export" in edges
+    assert not sorted(i for i in edges["specdsl.backends.onnx_export"] if i.startswith("specdsl.train"))

@@ -45,6 +45,19 @@ def test_export_matches_pytorch_with_dynamic_shapes(tmp_path, spec, preset, sets
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
+def test_export_leaves_the_callers_random_state_alone(tmp_path):
+    """export draws random weights from seed 0 on a fork of torch's RNG: the caller's stream goes on unchanged,
+    and the file is the same whatever the caller's seed."""
+    compiled = specdsl.load(SPECS / "mlp.spec")
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    onnx_export.export(compiled, tmp_path / "a.onnx")
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(99)
+    onnx_export.export(compiled, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
 def test_language_model_graph_has_one_tokens_input_and_logits(tmp_path):
     import onnxruntime as ort
     onnx_export.export(specdsl.load(SPECS / "gpt2.spec", overrides=SMALL), tmp_path / "m.onnx")
@@ -130,8 +143,9 @@ def _from_run(run):
 
 
 def _kw(run):
+    from specdsl.backends.onnx_cli import trained_module
     record = json.loads((run / "run.json").read_text())
-    return {"weights_from": run / "best", "tokenizer": record["tokenizer"]}
+    return {"module": trained_module(*_from_run(run), run / "best"), "tokenizer": record["tokenizer"]}
 
 
 def test_masked_language_model_exports_with_its_own_objective(tmp_path, specc_cmd):

@@ -38,18 +38,36 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
     if run is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
         from ..contract import contract
         from ..train.data import TokenData
-        from ..train.loop import language_task
         from ..train.rundir import DATA
+        from ..train.tasks import language_task
         val_task = language_task(TokenData(run.path / DATA, run.tokenizer()), run.tokenizer(),
                                  contract(compiled.model).context)
     if weights is None:
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
     from .onnx_export import export
     with console.status("exporting and checking with onnxruntime"):
-        report = export(compiled, output, weights_from=weights, tokenizer=tokenizer, quantize=quantize,
-                        val_task=val_task)
+        module = trained_module(compiled, weights) if weights is not None else None
+        report = export(compiled, output, module=module, tokenizer=tokenizer, quantize=quantize, val_task=val_task)
     _print_report(console, report)
     return report
+
+
+def trained_module(compiled, folder: Path):
+    """The spec's torch module holding a checkpoint's weights (a folder of a run: best/, last/). A checkpoint of
+    another model, or a damaged one, is a SpecError naming it. The caller's torch RNG is left as it was: the
+    module's random initial weights are drawn from a fork of it, and replaced."""
+    import torch
+
+    from ..train.checkpoint import load_weights_into
+    from .torch_backend import to_torch
+    with torch.random.fork_rng(devices=[]):
+        module = to_torch(compiled)
+    try:
+        load_weights_into(module, folder)
+    except Exception as e:
+        raise SpecError(f"checkpoint '{folder}' does not fit this spec: {e}", Span(str(folder), 0, 0),
+                        hint="export with the spec (and --set values) the run was trained with") from None
+    return module
 
 
 def _shown(path) -> str:

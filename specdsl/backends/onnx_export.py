@@ -31,7 +31,6 @@ from ..contract import contract
 from ..errors import Span, SpecError
 from ..io import publish, temp_beside
 from ..shapes import Sym
-from ..train.data import IGNORE
 from ..version import __version__
 from .onnx_generate import companion, export_paths
 from .torch_backend import Decoder, to_torch
@@ -164,23 +163,31 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, tokenizer: dict | None = None,
+def export(compiled, out: str | os.PathLike, module: torch.nn.Module | None = None, tokenizer: dict | None = None,
            quantize: str | None = None, val_task=None) -> dict:
-    """Export, check and compare. Returns the report; raises ExportError (leaving no file) on a mismatch."""
+    """Export, check and compare. Returns the report; raises ExportError (leaving no file) on a mismatch.
+
+    `module` is the spec's torch module with the weights to export (the CLI loads a checkpoint into one);
+    without it the weights are random, drawn from seed 0. `val_task`, for --quantize, scores both graphs: its
+    `batch("val", size, generator)` gives (token ids, targets), and targets equal to its `ignore_index` are not
+    scored. The caller's torch RNG is left as it was."""
     out = Path(out)
     if quantize not in (None, "int8"):  # before anything is written
         raise SpecError(f"unknown quantization '{quantize}': use int8", Span("--quantize", 0, 0))
+    export_paths(compiled.model, out, quantize)  # every target, before the seconds an export takes
+    # The export draws from torch's global RNG (random weights, anything the exporter draws): a fork of it, seeded
+    # for reproducible files, so the caller's stream goes on as if no export had run.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = (module if module is not None else to_torch(compiled)).eval()
+        return _export_checked(compiled, out, module, tokenizer, quantize, val_task)
+
+
+def _export_checked(compiled, out: Path, module, tokenizer: dict | None, quantize: str | None, val_task) -> dict:
+    """The body of `export` (its targets checked, the RNG forked): the full graph, its decoding graph when the
+    model has a KV cache, the comparisons with PyTorch that decide whether they are published, and --quantize.
+    One function so the order of writes, checks and renames reads top to bottom."""
     model = compiled.model
-    export_paths(model, out, quantize)  # every target, before the seconds an export takes
-    torch.manual_seed(0)
-    module = to_torch(compiled).eval()
-    if weights_from is not None:
-        from ..train.checkpoint import load_weights_into
-        try:
-            load_weights_into(module, weights_from)
-        except Exception as e:
-            raise SpecError(f"checkpoint '{weights_from}' does not fit this spec: {e}", Span(str(weights_from), 0, 0),
-                            hint="export with the spec (and --set values) the run was trained with") from None
     facts = contract(model)
     lm = facts.language_model
     names = [i.name for i in model.inputs if i.default is None]
@@ -208,15 +215,7 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
                                         output_names=output_names, dynamic_shapes=_dynamic(model), optimize=False)
         _save(program, tmp, {**_metadata(compiled, tokenizer, "full"), **export_id})
         session = _session(tmp)
-        seqs = [min(5, seq_bound), seq_bound] if seq_bound else [None]
-        for batch in (1, 3):
-            for seq in seqs:
-                inputs = _sample_inputs(model, batch, seq, vocab, gen)
-                with torch.no_grad():
-                    expected = _first(wrapper(*inputs)).numpy()
-                got = session.run(None, {n: x.numpy() for n, x in zip(input_names, inputs)})[0]
-                diff = float(np.abs(got - expected).max())
-                report["checks"].append({"batch": batch, "seq": seq, "max_abs_diff": diff})
+        report["checks"] = _compare(session, wrapper, model, input_names, seq_bound, vocab, gen)
         worst = max(c["max_abs_diff"] for c in report["checks"])
         report["max_abs_diff"] = worst
         if not worst <= TOLERANCE:
@@ -241,6 +240,21 @@ def export(compiled, out: str | os.PathLike, weights_from: Path | None = None, t
     if quantize:
         report["quantized"] = _quantize(out, quantize, val_task)
     return report
+
+
+def _compare(session, module, model, input_names: list[str], seq_bound: int | None, vocab: int,
+             generator: torch.Generator) -> list[dict]:
+    """onnxruntime against PyTorch on random inputs: batch sizes 1 and 3, a short and the longest sequence."""
+    checks = []
+    seqs = [min(5, seq_bound), seq_bound] if seq_bound else [None]
+    for batch in (1, 3):
+        for seq in seqs:
+            inputs = _sample_inputs(model, batch, seq, vocab, generator)
+            with torch.no_grad():
+                expected = _first(module(*inputs)).numpy()
+            got = session.run(None, {n: x.numpy() for n, x in zip(input_names, inputs)})[0]
+            checks.append({"batch": batch, "seq": seq, "max_abs_diff": float(np.abs(got - expected).max())})
+    return checks
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -321,7 +335,7 @@ def _quantize(path: Path, kind: str, val_task) -> dict:
                 z = logits - logits.max(-1, keepdims=True)
                 logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
                 y = y.numpy()
-                scored = y != IGNORE  # every position for next-token models; the masked ones for BERT
+                scored = y != val_task.ignore_index  # every position for next-token models; masked ones for BERT
                 picked = np.take_along_axis(logp, np.where(scored, y, 0)[..., None], -1)[..., 0]
                 total.append(-picked[scored].mean())
             losses[name] = float(np.mean(total))

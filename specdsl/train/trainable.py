@@ -1,7 +1,7 @@
 """What `specc train` can train, decided from the IR before any data is read or torch is imported.
 
 The loop (loop.py) trains two kinds of model: a language model (`contract.is_language_model`: token ids in, logits out,
-on text) and otherwise a classifier of scikit-learn's 8x8 digits (`Classification`). A spec that compiles but is
+on text) and otherwise a classifier of scikit-learn's 8x8 digits (tasks.Classification). A spec that compiles but is
 neither (two outputs, pooled features, a second input the data cannot fill) would end in a traceback mid-run; this
 says so at the line that is wrong, like every other mistake.
 """

@@ -1,0 +1,242 @@
+"""A training session, resolved before anything is written: the spec, the settings, the run directory's plan, the
+data and the model (`prepare`, on rank 0); then the run directory started (`start`), and the same session read
+back on the other ranks (`follow`). Every check that can refuse a run is here, so a refusal leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import ir
+from ..backends.torch_backend import to_torch
+from ..compiled import context_hyperparameter, load, vocabulary_hyperparameter
+from ..contract import contract
+from ..errors import Span, SpecError
+from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
+from ..system import available_memory
+from ..version import __version__
+from . import rundir
+from .data import TRAIN_FRACTION, TokenData, Tokenizer, builtin_text, encode_array, read_corpus
+
+
+@dataclass
+class Session:
+    """What a run needs, resolved and checked before anything is written."""
+
+    spec_path: str
+    compiled: Any
+    module: Any  # torch.nn.Module, built with the run's seed
+    config: TrainConfig
+    plan: rundir.Plan
+    record: dict  # run.json: the run's identity
+    tokenizer: Tokenizer | None
+    ids: Any = None  # the tokenized corpus, for a run that starts (None when it resumes)
+    sources: tuple = ()
+
+    @property
+    def out(self) -> Path:
+        return self.plan.path
+
+    @property
+    def resuming(self) -> bool:
+        return self.plan.last_step is not None
+
+
+def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, resume: bool, world: int) -> Session:
+    """Resolve and check everything (spec, settings, run directory, data, model) without writing anything."""
+    probe = load(spec_path, preset=preset, overrides=overrides)
+    from .trainable import check_trainable  # a model the loop cannot train is refused here, at its line
+    check_trainable(probe.model)
+    config = resolve_config(probe.model.train, flags)
+    plan = rundir.plan(config.out or f"runs/{probe.model.name}", resume)
+    saved = plan.record if plan.state == "run" and (resume or plan.last_step is not None) else None
+    if saved is not None:  # a resume: the run's own settings, spec and data, unless a flag changes what may change
+        config = resolve_config(saved["config"], flags)
+        _check_unchanged(saved, plan.path, preset, overrides, config, _source_list(probe.model))
+        preset, overrides = saved["preset"], dict(saved["overrides"])
+    if config.batch % world:
+        raise SpecError(f"batch {config.batch} is not divisible by {world} processes", Span("--batch", 0, 0))
+    if config.batch % config.accum:
+        raise SpecError(f"batch {config.batch} is not divisible by accum {config.accum}", Span("--accum", 0, 0))
+
+    tokenizer, ids, data = None, None, {"builtin": "digits"}
+    compiled = probe
+    if contract(probe.model).language_model:
+        tokenizer, ids, data = _text(probe.model, plan, saved, config)
+        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer)
+        if ids is not None:
+            _check_splits(len(ids), compiled.model, overrides, config.data)
+        _check_batch_memory(config, contract(compiled.model).context)
+    elif saved is not None:
+        compiled = load(spec_path, preset=preset, overrides=overrides)
+    record = {"format": rundir.FORMAT, "specc": __version__, "spec": str(spec_path),
+              "sources": _source_list(compiled.model),
+              "uses": [list(link) for link in compiled.model.uses], "preset": preset, "overrides": overrides,
+              "config": asdict(config), "data": data, "tokenizer": tokenizer.to_json() if tokenizer else None,
+              "world_size": world}
+    torch.manual_seed(config.seed)
+    module = to_torch(compiled)  # the memory guard speaks now, before anything is written
+    return Session(str(spec_path), compiled, module, config, plan, record, tokenizer, ids, compiled.model.sources)
+
+
+def _text(model: ir.Model, plan: rundir.Plan, saved: dict | None, config: TrainConfig):
+    """(tokenizer, ids, data fingerprint) of a language model's text: a resumed run's own tokenizer (its ids are
+    on disk already: None), or the corpus read, fingerprinted and tokenized."""
+    if plan.last_step is not None:  # resuming: the run's own tokenizer and tokens
+        tokenizer = rundir.RunDir(plan.path).tokenizer()
+        _check_data(saved, config)
+        return tokenizer, None, saved["data"]
+    text = read_corpus(config.data) if config.data else builtin_text()
+    data = rundir.fingerprint_file(config.data) if config.data else {"builtin": rundir.sha256(text.encode())}
+    if saved is not None and saved.get("data") != data:
+        raise SpecError(f"cannot resume '{plan.path}': the data changed since the run started",
+                        Span("--data", 0, 0), hint="resume with the data the run started from")
+    # A model that attends to later positions would read the next token: it learns masked tokens instead.
+    tokenizer = Tokenizer.fit(config.tokenizer, text, mask=not contract(model).causal)
+    return tokenizer, encode_array(tokenizer, text), data
+
+
+def _fit_to_data(spec_path: str, preset: str | None, overrides: dict, model: ir.Model, tokenizer: Tokenizer):
+    """The spec compiled with the data's vocabulary (as nanoGPT's meta.pkl), set through whichever hyperparameter
+    the model's vocabulary follows, whatever its name (an explicit --set of it wins; `overrides` records it). A
+    vocabulary smaller than the data's is refused."""
+    vocab_name = vocabulary_hyperparameter(model, overrides)
+    if vocab_name is not None and vocab_name not in overrides:
+        overrides[vocab_name] = tokenizer.vocab_size
+    compiled = load(spec_path, preset=preset, overrides=overrides)
+    vocab = contract(compiled.model).vocab
+    if vocab is not None and vocab < tokenizer.vocab_size:
+        needs = f"{tokenizer.data_size} distinct tokens" + (" and [MASK]" if tokenizer.mask else "")
+        raise SpecError(f"the data has {needs} but the model's vocabulary is {vocab}", compiled.model.inputs[0].span,
+                        hint=f"--set {vocab_name}=... or drop the override" if vocab_name else
+                        "the spec fixes its vocabulary: make it as large as the data's")
+    return compiled
+
+
+def _source_list(model: ir.Model) -> list[dict]:
+    return [{"name": name, "sha256": rundir.sha256(text.encode())} for name, text in model.sources]
+
+
+def _check_unchanged(saved: dict, out: Path, preset, overrides: dict, config: TrainConfig,
+                     sources: list[dict]) -> None:
+    """A resume refuses any change of what the model or its data is: the spec's files, preset, --set values,
+    invariant settings."""
+    changed = rundir.source_changes(saved["sources"], sources)
+    changed += rundir.changes(saved["config"], asdict(config), RESUME_INVARIANTS)
+    if preset is not None and preset != saved["preset"]:
+        changed.append(f"preset: {saved['preset']!r} -> {preset!r}")
+    changed += [f"--set {k}: {saved['overrides'].get(k)!r} -> {v!r}" for k, v in overrides.items()
+                if saved["overrides"].get(k) != v]
+    if changed:
+        raise SpecError(f"cannot resume '{out}': " + "; ".join(changed), Span("--resume", 0, 0),
+                        hint=f"a resumed run keeps its spec (saved in {out}), model and data; start a new run "
+                        "(another --out) to change them")
+
+
+def _check_data(saved: dict, config: TrainConfig) -> None:
+    """The data file a run started from, if it is still there, must be unchanged (the run trains on its own copy of
+    the tokens; a changed file would mean another run)."""
+    if not config.data or not os.path.isfile(config.data):
+        return
+    now = rundir.fingerprint_file(config.data)
+    if now != saved.get("data"):
+        raise SpecError(f"cannot resume: '{config.data}' changed since the run started ({saved['data'].get('bytes')} "
+                        f"bytes, sha256 {str(saved['data'].get('sha256'))[:12]}... -> {now['bytes']} bytes, sha256 "
+                        f"{now['sha256'][:12]}...)", Span("--data", 0, 0),
+                        hint="resume with the data the run started from, or start a new run")
+
+
+# A batch of windows is held about four times as int64 at once (the offsets' gather, its int64 copy, inputs and
+# targets); the model's activations come on top, so this only refuses what can never fit.
+BATCH_COPIES = 4
+
+
+def _check_batch_memory(config: TrainConfig, ctx: int) -> None:
+    free = available_memory()
+    need = config.batch // config.accum * (ctx + 1) * 8 * BATCH_COPIES
+    if free is not None and need > free:
+        raise SpecError(f"batch {config.batch} of {ctx}-token windows needs {need / 2**30:,.1f} GiB for its token ids "
+                        f"alone; {free / 2**30:,.1f} GiB are free", Span("--batch", 0, 0),
+                        hint="a smaller --batch, or --accum to split it into micro-batches")
+
+
+def _check_splits(tokens: int, model: ir.Model, overrides: dict, data: str | None) -> None:
+    ctx = contract(model).context
+    split = int(tokens * TRAIN_FRACTION)
+    for name, size in (("training", split), ("validation", tokens - split)):
+        if size <= ctx + 1:
+            context_name = context_hyperparameter(model, overrides)  # only now: it elaborates the spec again
+            raise SpecError(f"the data is too short: {tokens:,} tokens leave {size:,} for {name}, and a window needs "
+                            f"{ctx + 1:,}", Span("--data", 0, 0) if data else Span("--set", 0, 0),
+                            hint="more text, or a shorter context" + (f" (--set {context_name}=...)" if context_name
+                                                                      else ""))
+
+
+def start(session: Session) -> rundir.RunDir:
+    """Create and lock the run directory; a new run writes its identity, sources and data, a resumed one trims its
+    metrics to its checkpoint."""
+    run = rundir.open_for_writing(session.plan)
+    try:
+        if session.resuming:
+            kept = _metrics_until(run, session.plan.last_step)
+        else:
+            run.write_json(rundir.RECORD, session.record)  # first: from now on the folder is a (new) run
+            _write_sources(run, session)
+            if session.ids is not None:
+                (run.path / rundir.DATA).mkdir(exist_ok=True)
+                TokenData.prepare(session.ids, session.tokenizer, lambda name, data: run.write_bytes(
+                    Path(rundir.DATA) / name, data))
+            session.ids = None  # on disk now; the loop reads it through a memory map
+            kept = ""
+        run.write_bytes(rundir.METRICS, kept.encode("utf-8"))
+    except BaseException:
+        run.unlock()
+        raise
+    return run
+
+
+def _write_sources(run: rundir.RunDir, session: Session) -> None:
+    """spec.spec (the main file) and sources/N.spec (the files it uses): the run compiles from its own copies."""
+    folder = run.path / rundir.SOURCES
+    if os.path.lexists(folder):
+        run.discard(folder)
+    if len(session.sources) > 1:
+        folder.mkdir()
+    for i, (_, text) in enumerate(session.sources):
+        run.write_bytes(rundir.source_file(i), text.encode("utf-8"))
+
+
+def _metrics_until(run: rundir.RunDir, step: int) -> str:
+    """metrics.jsonl up to a checkpoint's step, so a resumed run's log reads as one run (a line a crash cut short
+    is dropped)."""
+    if not os.path.lexists(run.path / rundir.METRICS):
+        return ""
+    kept = []
+    for line in run.read_bytes(rundir.METRICS).decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+
+def follow(spec_path: str, shared: dict) -> tuple[Session, rundir.RunDir]:
+    """A rank other than 0: the session rank 0 resolved, read back from the run directory it wrote."""
+    run = rundir.RunDir(shared["out"])
+    compiled = load(spec_path, preset=shared["preset"], overrides=shared["overrides"])
+    record = run.record()
+    tokenizer = run.tokenizer() if record.get("tokenizer") else None
+    last = run.complete("last")
+    step = run.read_json(last.relative_to(run.path) / rundir.MARKER)["step"] if shared["resuming"] else None
+    plan = rundir.Plan(run.path, "run", record, step)
+    config = TrainConfig(**shared["config"])
+    torch.manual_seed(config.seed)
+    return Session(spec_path, compiled, to_torch(compiled), config, plan, record, tokenizer), run
