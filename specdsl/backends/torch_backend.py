@@ -166,6 +166,12 @@ def layer_modules(module: SpecModule, declared) -> list[nn.Module]:
     return list(found.values())
 
 
+def block_modules(module: SpecModule) -> list[nn.Module]:
+    """The torch modules of the model's blocks and repeat iterations (every IR module but the root): the units
+    FSDP shards one by one."""
+    return [m for m in module.modules() if isinstance(m, GraphModule) and m is not module]
+
+
 def _tie(root: nn.Module, model: ir.Model) -> None:
     for path, layer in ir.layers_with_paths(model.root):
         for p in layer.params:

@@ -48,7 +48,8 @@ def _slow_for_tests() -> None:
 
 
 def _sharded(module: torch.nn.Module) -> bool:
-    return any(type(p).__name__ == "DTensor" for p in module.parameters())
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def capture(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -430,9 +430,10 @@ def _barrier(world: int) -> None:
 def _parallel(module, config: TrainConfig):
     if config.fsdp:
         from torch.distributed.fsdp import fully_shard
-        for m in module.modules():
-            if type(m).__name__ == "GraphModule" and m is not module:
-                fully_shard(m)
+
+        from ..backends.torch_backend import block_modules
+        for block in block_modules(module):  # one unit a block: its weights gathered only while it runs
+            fully_shard(block)
         fully_shard(module)
         return module
     from torch.nn.parallel import DistributedDataParallel
