@@ -493,6 +493,7 @@ def test_cli_several_errors(tmp_path):
     assert f"{path}:8:14: error: unknown layer 'LayerNrm'" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (("--set", "head=8"), ("--set: error:", "no hyperparameter 'head'", "did you mean 'heads'?")),
     (("--set", "d=wide"), ("--set: error:", "expected int")),
@@ -527,6 +528,7 @@ def _nasty_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["missing", "directory", "binary", "text-with-nul", "not-utf8", "empty",
                                    "ten-megabytes", "nested-parens", "long-sum"])
 def test_cli_nasty_inputs(tmp_path, which):

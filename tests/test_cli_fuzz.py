@@ -22,6 +22,8 @@ from click.testing import CliRunner  # noqa: E402
 
 from specdsl.cli import run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out (pyproject.toml, markers)
+
 torch.set_num_threads(1)
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
 NANO = str(SPECS / "nanogpt-shakespeare.spec")

@@ -31,6 +31,7 @@ def test_nothing_is_read_from_a_hyperparameters_name():
     assert a == b and a.context == 64 and a.vocab == 65
 
 
+@pytest.mark.slow
 def test_a_context_called_block_size_trains_samples_exports_and_generates_past_it(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)

@@ -12,6 +12,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 pytest.importorskip("torch")
 import crash_consistency  # noqa: E402
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out (pyproject.toml, markers)
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):

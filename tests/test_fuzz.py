@@ -134,12 +134,14 @@ def test_random_unicode_text(text):
     check_loads(text)
 
 
+@pytest.mark.slow
 @_settings(2000)
 @given(token_text)
 def test_random_token_soup(text):
     check_loads(text)
 
 
+@pytest.mark.slow
 @_settings(1000)
 @given(snippet_text)
 def test_random_statement_mixes(text):
@@ -226,6 +228,7 @@ def test_zoo_spec_compiles_unmutated(path):
     specdsl.loads(path.read_text(encoding="utf-8"), name=str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ZOO, ids=[p.stem for p in ZOO])
 def test_zoo_single_mutations(path):
     original = path.read_text(encoding="utf-8")
@@ -238,6 +241,7 @@ def test_zoo_single_mutations(path):
     run()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ZOO, ids=[p.stem for p in ZOO])
 def test_zoo_stacked_mutations(path):
     original = path.read_text(encoding="utf-8")

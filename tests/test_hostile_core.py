@@ -60,6 +60,7 @@ def fan_out(depth: int, labelled: bool) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labelled", [False, True], ids=["inlined", "labelled"])
 def test_blocks_calling_blocks_stop_at_the_layer_budget(tmp_path, labelled):
     # 10**6 layers: 434 s and 4.5 GiB before the budget; now a located error within seconds.
@@ -188,6 +189,7 @@ def test_use_of_a_fifo_is_refused_at_the_use(tmp_path):
 TORCH_HEADER = "import torch\ntorch.set_num_threads(1)\nimport specdsl\n"
 
 
+@pytest.mark.slow
 def test_to_torch_refuses_a_repeat_of_a_million_billion_modules():
     # One module per iteration: building it never ended.
     code = TORCH_HEADER + """
@@ -241,6 +243,7 @@ print((status("VmHWM") - before) / c.analysis.total)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="measures the peak resident size on Linux")
 @pytest.mark.parametrize("dtype,size", [("float32", 4), ("bfloat16", 2)])
 def test_a_build_peaks_at_its_weights_in_the_target_dtype(dtype, size):
@@ -381,6 +384,7 @@ def test_check_trainable_accepts_what_the_loop_trains():
         check_trainable(specdsl.load(SPECS / spec, preset=preset).model)
 
 
+@pytest.mark.slow
 def test_specc_train_refuses_two_outputs_before_it_starts(tmp_path):
     path = tmp_path / "two.spec"
     path.write_text(LM.format(body="return x -> head: Linear(d, vocab), x -> aux: Linear(d, 4)"))

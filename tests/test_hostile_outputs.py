@@ -207,6 +207,7 @@ def exported(tmp_path_factory):
     return compiled, out
 
 
+@pytest.mark.slow
 def test_exported_files_get_the_umask(exported):
     out = exported[1]
     for path in (out, out.with_name("m.decode.onnx")):
@@ -228,6 +229,7 @@ def _with_metadata(source, target, changes: dict):
     return target
 
 
+@pytest.mark.slow
 def test_generate_refuses_a_decoding_graph_from_another_export(exported, tmp_path):
     out = exported[1]
     full, decode = read_metadata(out), read_metadata(out.with_name("m.decode.onnx"))
@@ -271,6 +273,7 @@ CRAFTED = [
 ]
 
 
+@pytest.mark.slow  # the export fixture
 @pytest.mark.parametrize("key, value", CRAFTED)
 def test_crafted_metadata_is_a_located_error(exported, tmp_path, key, value):
     out = exported[1]
@@ -280,6 +283,7 @@ def test_crafted_metadata_is_a_located_error(exported, tmp_path, key, value):
     assert e.value.span.file == str(crafted) and f"'{key}'" in e.value.message
 
 
+@pytest.mark.slow  # the export fixture
 def test_inspect_shows_metadata_as_text(exported, tmp_path):
     out = exported[1]
     hostile = "[/x] [bold]\x1b[2J\x1b]0;title\x07\u202e"
@@ -291,6 +295,7 @@ def test_inspect_shows_metadata_as_text(exported, tmp_path):
     assert "specc.model: [/x] [bold]␛[2J␛]0;title␇\ufffd" in shown and "line 1\n␛[31mline 2" in shown
 
 
+@pytest.mark.slow  # the export fixture
 def test_seed_is_bounded(exported):
     for command in ("generate", "sample"):  # typer checks options before the command runs
         code, _, err = specc(command, exported[1], "--seed", -1)
@@ -347,6 +352,7 @@ def test_generated_text_on_a_terminal_shows_controls(capsys, monkeypatch):
 
 # ---- 7. A model with more outputs than its tokenizer has ids ----
 
+@pytest.mark.slow  # the export fixture
 def test_sampling_chooses_only_ids_the_tokenizer_decodes(exported):
     from specdsl.train.sample import generate
     compiled, out = exported

@@ -129,6 +129,7 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
     assert run(out, 10, resume=True)["steps"] == 10
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_used_file_and_sample_uses_the_runs_own_copy(tmp_path, specc_cmd):
     shutil.copytree(SPECS, tmp_path / "specs")
     spec, std = tmp_path / "specs" / "nanogpt-shakespeare.spec", tmp_path / "specs" / "std" / "transformer.spec"
@@ -313,6 +314,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path):
 
 # ---- the command line: one message, the right exit code ----
 
+@pytest.mark.slow
 def test_nproc_reports_one_error_once_without_a_traceback(tmp_path, specc_cmd):
     folder = tmp_path / "not-a-run"
     folder.mkdir()
@@ -327,6 +329,7 @@ def test_nproc_reports_one_error_once_without_a_traceback(tmp_path, specc_cmd):
     assert zero.returncode == 2 and "Traceback" not in zero.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("missing, args, extra", [
     ("torch", ["train", NANO, "--out", "{tmp}/r"], "train"), ("torch", ["sample", "{tmp}"], "train"),
     ("torch", ["export", NANO, "--onnx", "-o", "{tmp}/m.onnx"], "train"),

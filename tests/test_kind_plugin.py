@@ -18,6 +18,7 @@ from kind_contract import check_kind
 from specdsl.kinds import KINDS
 
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out (pyproject.toml, markers)
 
 DECLARATION = '''"""LayerScale (Touvron et al. 2021, CaiT): a learned per-channel scale, declared outside specc."""
 from specdsl.kinds import Arg, Example, Kind, TorchForm

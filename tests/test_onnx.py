@@ -17,6 +17,8 @@ from specdsl.backends import onnx_export  # noqa: E402
 from specdsl.backends.onnx_generate import OnnxGenerator, count_parameters, read_metadata  # noqa: E402
 from specdsl.contract import is_causal, is_language_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out (pyproject.toml, markers)
+
 torch.set_num_threads(1)
 SMALL = {"d": 32, "layers": 2, "heads": 4, "vocab": 50, "ctx": 24}
 FAMILIES = [

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT, SPECS
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out (pyproject.toml, markers)
+
 HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "numpy")
 
 

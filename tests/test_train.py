@@ -110,6 +110,7 @@ def test_bad_data_or_run_directory_is_a_clear_error(tmp_path):
         run(tmp_path / "r2", 1, data=str(tmp_path / "binary"))
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_loses_nothing(tmp_path, specc_cmd):
     out = tmp_path / "r"
     cmd = specc_cmd + ["train", str(SPECS / "nanogpt-shakespeare.spec"), "--out", str(out), "--steps", "40",
@@ -152,6 +153,7 @@ def test_classifier_learns_digits(tmp_path):
     assert trainer["val_accuracy"] > 0.85 and summary["best_val_loss"] < 0.6
 
 
+@pytest.mark.slow
 def test_sample_greedy_is_deterministic_and_checks_the_prompt(tmp_path, specc_cmd):
     run(tmp_path / "r", 20)
     args = specc_cmd + ["sample", str(tmp_path / "r"), "--prompt", "the ", "--max-new-tokens", "20",
@@ -166,6 +168,7 @@ def test_sample_greedy_is_deterministic_and_checks_the_prompt(tmp_path, specc_cm
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, specc_cmd, sharding):
@@ -209,6 +212,7 @@ def test_decay_groups_exclude_biases_norms_and_embeddings():
 BERT_TINY = {"d": 32, "layers": 1, "heads": 2, "ffn": 64, "ctx": 16, "dropout": 0.0}
 
 
+@pytest.mark.slow
 def test_bidirectional_models_learn_masked_tokens_not_next_tokens(tmp_path, specc_cmd):
     out = tmp_path / "r"
     summary = train(str(SPECS / "bert.spec"), preset="mlm", overrides=BERT_TINY,
