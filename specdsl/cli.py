@@ -4,7 +4,6 @@ that need it, so `specc compile` and `specc --help` stay fast."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 from enum import Enum
@@ -14,7 +13,7 @@ import typer
 
 from . import __version__
 from .context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES
-from .errors import Span, SpecError
+from .errors import SpecError
 from .kinds.base import KindError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -80,34 +79,11 @@ def compile_(
                                              help="Also write a standalone PyTorch file of the model."),
 ) -> None:
     """Parse, check and analyse a spec: exact parameter counts, FLOPs per token and memory."""
-    from . import load
+    from .commands.compile import compile_command
     try:
-        compiled = load(file, preset=preset, overrides=_overrides(sets))
+        compile_command(file, preset, _overrides(sets), as_json, emit_torch)
     except SpecError as e:
         _fail(e)
-    if emit_torch:
-        from . import emit_torch as emit
-        from .io import check_output, write_text_atomic
-        from .text import printable
-        if emit_torch == "-":  # the source is all of stdout: `specc compile S --emit-torch - > model.py`
-            if as_json:
-                _fail(SpecError("--emit-torch - writes the source to stdout, which cannot also carry --json",
-                                Span("--emit-torch", 0, 0)))
-            sys.stdout.write(emit(compiled))
-            return
-        try:
-            check_output(emit_torch)
-            write_text_atomic(emit_torch, emit(compiled))
-        except SpecError as e:
-            _fail(e)
-        except OSError as e:  # after the check: a full disk, or the folder changed meanwhile
-            _fail(SpecError(f"cannot write '{emit_torch}': {e.strerror}", Span(emit_torch, 0, 0)))
-        print(f"wrote {printable(emit_torch)}", file=sys.stderr)
-    if as_json:
-        print(json.dumps(compiled.to_json(), indent=2))
-    else:
-        from .render import report
-        report(compiled.analysis, file)
 
 
 @app.command("train")
@@ -184,37 +160,6 @@ SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1)  # what both torch's and 
 OVERFLOW = typer.Option(Overflow(DEFAULT_OVERFLOW), "--overflow", help=OVERFLOW_HELP)
 
 
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    where = Span("--prompt", 0, 0)
-    try:
-        ids = tokenizer.encode(prompt)
-    except ValueError as e:
-        raise SpecError(f"the prompt has {e}", where) from None
-    if not ids:
-        raise SpecError("the prompt is empty: a model needs at least one token to continue", where,
-                        hint="the default prompt is a newline")
-    return ids
-
-
-def _stream(prompt: str, tokens, tokenizer) -> None:
-    from .text import printable
-
-    # Generated text is the product: into a file or a pipe it goes as is. A terminal is another matter: the model
-    # comes from a file and may emit escape sequences, so there controls other than newline and tab are shown.
-    def show(text: str) -> str:
-        return printable(text, keep="\t\n") if sys.stdout.isatty() else text
-
-    sys.stdout.write(show(prompt))
-    try:
-        for piece in tokenizer.stream(tokens):  # whole characters, even when a token is a part of one (bytes)
-            sys.stdout.write(show(piece))
-            sys.stdout.flush()
-    except SpecError as e:
-        sys.stdout.write("\n")
-        _fail(e)
-    sys.stdout.write("\n")
-
-
 @app.command("sample")
 def sample_cmd(
     run_dir: str = typer.Argument(..., help="A run directory of `specc train`."),
@@ -226,14 +171,11 @@ def sample_cmd(
     overflow: Overflow = OVERFLOW,
 ) -> None:
     """Generate text from a trained run with PyTorch, streaming tokens as they come."""
+    from .commands.generate import sample_command
     try:
-        from .train.sample import generate, load_run
-        module, tokenizer, ctx = load_run(run_dir)
-        ids = _prompt_ids(tokenizer, prompt)
+        sample_command(run_dir, prompt, max_new_tokens, temperature, top_k, seed, overflow.value)
     except SpecError as e:
         _fail(e)
-    _stream(prompt, generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed, overflow.value,
-                             vocab=tokenizer.data_size), tokenizer)
 
 
 @app.command("export")
@@ -251,7 +193,7 @@ def export_cmd(
         print("error: choose a format: --onnx", file=sys.stderr)
         raise typer.Exit(EXIT_SPEC_ERROR)
     try:
-        from .backends.onnx_cli import export_command
+        from .commands.export import export_command
         export_command(spec, output, preset, _overrides(sets), checkpoint, quantize)
     except SpecError as e:
         _fail(e)
@@ -261,7 +203,7 @@ def export_cmd(
 def inspect_cmd(path: str = typer.Argument(..., help="An ONNX file written by `specc export`.")) -> None:
     """Print what an exported file says about itself, and the parameter count read back from it."""
     try:
-        from .backends.onnx_cli import inspect_command
+        from .commands.export import inspect_command
         inspect_command(path)
     except SpecError as e:
         _fail(e)
@@ -278,14 +220,11 @@ def generate_cmd(
     overflow: Overflow = OVERFLOW,
 ) -> None:
     """Generate text on onnxruntime with the KV cache, streaming tokens as they come."""
+    from .commands.generate import generate_command
     try:
-        from .backends.onnx_generate import OnnxGenerator
-        generator = OnnxGenerator(path)
-        ids = _prompt_ids(generator.tokenizer, prompt)
+        generate_command(path, prompt, max_new_tokens, temperature, top_k, seed, overflow.value)
     except SpecError as e:
         _fail(e)
-    _stream(prompt, generator.generate(ids, max_new_tokens, temperature, top_k, seed, overflow.value),
-            generator.tokenizer)
 
 
 def run() -> None:

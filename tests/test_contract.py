@@ -38,8 +38,8 @@ def test_a_context_called_block_size_trains_samples_exports_and_generates_past_i
     from rich.console import Console
 
     from specdsl.backends import onnx_export
-    from specdsl.backends.onnx_cli import trained_module
     from specdsl.backends.onnx_generate import OnnxGenerator
+    from specdsl.commands.export import trained_module
     from specdsl.train import rundir
     from specdsl.train.loop import train
     from specdsl.train.sample import generate, load_run

@@ -11,6 +11,7 @@ import pytest
 
 import specdsl
 from conftest import SPECS
+from specdsl.commands.generate import stream
 from specdsl.errors import SpecError
 from specdsl.io import check_output, write_text_atomic
 from specdsl.text import printable
@@ -340,13 +341,13 @@ def test_byte_tokens_stream_whole_characters(capsys):
     assert "".join(byte.stream(iter(ids))) == "brûlée" == byte.decode(ids)
     for bad in ([0xff, 0x41], [0xc3], [0x41, 0xe2, 0x82], [0xed, 0xa0, 0x80]):  # never raises: U+FFFD
         assert "".join(byte.stream(bad)) == bytes(bad).decode("utf-8", errors="replace")
-    cli._stream("", iter(ids), byte)
+    stream("", iter(ids), byte)
     assert capsys.readouterr().out == "brûlée\n"
 
 
 def test_generated_text_on_a_terminal_shows_controls(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
-    cli._stream("", iter(Tokenizer("byte").encode("a\x1b[2J\tb\n")), Tokenizer("byte"))
+    stream("", iter(Tokenizer("byte").encode("a\x1b[2J\tb\n")), Tokenizer("byte"))
     assert capsys.readouterr().out == "a␛[2J\tb\n\n"
 
 

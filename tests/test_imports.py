@@ -10,8 +10,8 @@ from conftest import ROOT
 PACKAGE = ROOT / "specdsl"
 CORE = ("parse", "syntax", "elaborate", "ir", "shapes", "analysis", "contract", "errors", "text", "io", "settings",
         "tokenizer", "context_window", "resources", "system", "compiled", "version", "kinds")
-ABOVE_THE_CORE = ("specdsl.backends", "specdsl.train", "specdsl.cli", "specdsl.launch", "torch", "onnx",
-                  "onnxruntime", "onnxscript", "numpy")
+ABOVE_THE_CORE = ("specdsl.backends", "specdsl.train", "specdsl.cli", "specdsl.commands", "specdsl.launch", "torch",
+                  "onnx", "onnxruntime", "onnxscript", "numpy")
 
 
 def modules() -> dict[str, Path]:
@@ -79,3 +79,14 @@ def test_onnx_export_knows_nothing_of_training():
     edges = graph()
     assert "specdsl.backends.onnx_export" in edges
     assert not sorted(i for i in edges["specdsl.backends.onnx_export"] if i.startswith("specdsl.train"))
+
+
+def test_backends_know_nothing_of_training_or_the_command_line():
+    """Backends are leaves above the core: the commands (specdsl/commands) read runs and call them, never the other
+    way round."""
+    edges = graph()
+    backends = [m for m in edges if m.startswith("specdsl.backends.")]
+    assert len(backends) > 5
+    wrong = {m: sorted(i for i in edges[m] if i.startswith(("specdsl.train", "specdsl.cli", "specdsl.commands",
+                                                             "specdsl.launch"))) for m in backends}
+    assert not {m: i for m, i in wrong.items() if i}

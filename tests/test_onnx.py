@@ -145,7 +145,7 @@ def _from_run(run):
 
 
 def _kw(run):
-    from specdsl.backends.onnx_cli import trained_module
+    from specdsl.commands.export import trained_module
     record = json.loads((run / "run.json").read_text())
     return {"module": trained_module(*_from_run(run), run / "best"), "tokenizer": record["tokenizer"]}
 

@@ -33,7 +33,7 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
         tokenizer = record["tokenizer"]
     else:
         compiled = load(spec, preset=preset, overrides=overrides)
-    from .onnx_generate import export_paths
+    from ..backends.onnx_generate import export_paths
     export_paths(compiled.model, output, quantize)  # before torch is imported: seconds before a refusal otherwise
     if run is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
         from ..contract import contract
@@ -44,7 +44,7 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
                                  contract(compiled.model).context)
     if weights is None:
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
-    from .onnx_export import export
+    from ..backends.onnx_export import export
     with console.status("exporting and checking with onnxruntime"):
         module = trained_module(compiled, weights) if weights is not None else None
         report = export(compiled, output, module=module, tokenizer=tokenizer, quantize=quantize, val_task=val_task)
@@ -58,8 +58,8 @@ def trained_module(compiled, folder: Path):
     module's random initial weights are drawn from a fork of it, and replaced."""
     import torch
 
+    from ..backends.torch_backend import to_torch
     from ..train.checkpoint import load_weights_into
-    from .torch_backend import to_torch
     with torch.random.fork_rng(devices=[]):
         module = to_torch(compiled)
     try:
@@ -96,7 +96,7 @@ def _print_report(console: Console, r: dict) -> None:
 
 
 def inspect_command(path: str) -> None:
-    from .onnx_generate import count_parameters, read_metadata
+    from ..backends.onnx_generate import count_parameters, read_metadata
     meta = read_metadata(path)
     console = Console(soft_wrap=True, highlight=False)  # paths and figures stay on their lines
     # Keys, values and the path come from the file: plain Text (no markup), with controls shown (printable).
