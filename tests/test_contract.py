@@ -100,5 +100,8 @@ def test_a_vocabulary_called_n_vocab_is_taken_from_the_data(tmp_path):
           progress=False, console=Console(file=open(os.devnull, "w")))
     module, tokenizer, _ = load_run(run)
     assert tokenizer.vocab_size == 4  # a, b, c and the space
-    assert json.loads((run / "run.json").read_text())["overrides"]["n_vocab"] == 4
+    record = json.loads((run / "run.json").read_text())
+    assert record["overrides"]["n_vocab"] == 4
+    assert record["contract"] == json.loads(json.dumps(contract(module.spec).to_json()))  # it travels in the run
+    assert record["contract"]["vocab"] == 4 and record["contract"]["context"] == 8
     assert module.state_dict()["wte.weight"].shape[0] == 4

@@ -1,7 +1,8 @@
 """A run directory: everything `specc train` writes, owned by this module alone (torch-free).
 
     RUN/run.json        the run's identity, written once when it starts: format, spec sources (name, sha256),
-                        preset, --set values, settings, the data's fingerprint (bytes, sha256) and the tokenizer
+                        preset, --set values, settings, the data's fingerprint (bytes, sha256), the tokenizer
+                        and the model's contract (specdsl/contract.py: inputs, vocabulary, context, cache)
     RUN/spec.spec       the spec's main file as trained;  RUN/sources/N.spec  each file it `use`s
     RUN/data/           train.bin, val.bin (token ids) and tokenizer.json
     RUN/last/, best/    checkpoints (train/checkpoint.py fills them; `swap_in` puts them in place)

@@ -79,7 +79,8 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
               "sources": _source_list(compiled.model),
               "uses": [list(link) for link in compiled.model.uses], "preset": preset, "overrides": overrides,
               "config": asdict(config), "data": data, "tokenizer": tokenizer.to_json() if tokenizer else None,
-              "world_size": world}
+              "world_size": world,
+              "contract": contract(compiled.model).to_json()}  # for readers of the run; specc recomputes it
     torch.manual_seed(config.seed)
     module = to_torch(compiled)  # the memory guard speaks now, before anything is written
     return Session(str(spec_path), compiled, module, config, plan, record, tokenizer, ids, compiled.model.sources)
