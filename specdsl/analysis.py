@@ -51,6 +51,7 @@ class ModuleStats:
     shared: bool = False
     children: list[ModuleStats] = field(default_factory=list)
     tied: bool = False  # a layer whose weight is another layer's (it counts zero, but is worth showing)
+    memory_kv_cache: int = 0  # elements cached per position of a memory (cross-attention's keys and values)
 
     @property
     def params_each(self) -> int:
@@ -81,7 +82,8 @@ def _layer_stats(layer: ir.Layer, path: str) -> ModuleStats:
     for p in tied:
         description += f", {p.name} tied to {p.tied_to}"
     return ModuleStats(layer.name, path, layer.kind, description, total, trainable, embedding, active,
-                       kind.flops(a, layer.input), kind.kv_cache_per_token(a), tied=bool(tied))
+                       kind.flops(a, layer.input), kind.kv_cache_per_token(a), tied=bool(tied),
+                       memory_kv_cache=kind.kv_cache_per_memory_token(a))
 
 
 def _module_stats(module: ir.Module, path: str) -> ModuleStats:
@@ -101,7 +103,8 @@ def _module_stats(module: ir.Module, path: str) -> ModuleStats:
     return ModuleStats(module.name, path, module.label, _describe_module(module),
                        total("params", weights), total("trainable", weights), total("embedding", weights),
                        total("active", weights), total("flops", applied), total("kv_cache", applied),
-                       module.count, module.shared, children)
+                       module.count, module.shared, children,
+                       memory_kv_cache=total("memory_kv_cache", applied))
 
 
 def _describe_module(module: ir.Module) -> str:
@@ -161,8 +164,11 @@ class Analysis:
             },
             "kv_cache_per_token": {"fp32": 4 * kv, "bf16": 2 * kv},
         }
-        if self.context and kv:
-            out["kv_cache_per_sequence"] = {"context": self.context, "bf16": 2 * kv * self.context}
+        mkv = self.tree.memory_kv_cache
+        if mkv:  # cross-attention: keys and values of the encoder's output, per source position
+            out["kv_cache_per_memory_token"] = {"fp32": 4 * mkv, "bf16": 2 * mkv}
+        if self.context and (kv or mkv):
+            out["kv_cache_per_sequence"] = {"context": self.context, "bf16": 2 * (kv + mkv) * self.context}
         return out
 
     def sizing(self) -> dict[str, int]:

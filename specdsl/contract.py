@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from . import ir
+from .errors import SpecError
 from .kinds import KINDS, Args
 from .shapes import Sym
 
@@ -25,6 +26,11 @@ class Contract:
     ids: int | None  # int inputs take ids 0 .. ids - 1: the smallest table a layer looks them up in
     context: int | None  # the longest sequence it takes: a fixed length, or the bound of `seq <= ctx`
     cache: tuple[tuple[int, int], ...]  # (kv_heads, head_dim) of every attention application, in the order they run
+    # Some layer reads a second tensor besides its piped one (cross-attention reading an encoder's output): an
+    # encoder-decoder. Training, sampling, generation and ONNX export do not take one yet.
+    encoder_decoder: bool = False
+    # (kv_heads, head_dim) of every cross-attention application, in the order they run: cached per memory position
+    memory_cache: tuple[tuple[int, int], ...] = ()
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -35,6 +41,9 @@ class Contract:
         def count(v, none=False):
             return (none and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
 
+        later = {"encoder_decoder": False, "memory_cache": []}  # fields newer than the first files: optional
+        if isinstance(data, dict):
+            data = {**later, **data}
         if not isinstance(data, dict) or set(data) != {f for f in cls.__dataclass_fields__}:
             raise ValueError(f"expected an object with {', '.join(cls.__dataclass_fields__)}")
         names = data["inputs"], data["outputs"]
@@ -42,10 +51,13 @@ class Contract:
                 or not all(isinstance(n, list) and all(isinstance(x, str) for x in n) for n in names) \
                 or not all(count(data[k], none=True) for k in ("vocab", "ids", "context")) \
                 or not isinstance(data["cache"], list) \
-                or not all(isinstance(s, list) and len(s) == 2 and all(map(count, s)) for s in data["cache"]):
+                or not all(isinstance(s, list) and len(s) == 2 and all(map(count, s)) for s in data["cache"]) \
+                or not isinstance(data["encoder_decoder"], bool) or not isinstance(data["memory_cache"], list) \
+                or not all(isinstance(s, list) and len(s) == 2 and all(map(count, s)) for s in data["memory_cache"]):
             raise ValueError("a value has the wrong type")
         return cls(data["language_model"], data["causal"], tuple(data["inputs"]), tuple(data["outputs"]),
-                   data["vocab"], data["ids"], data["context"], tuple(tuple(s) for s in data["cache"]))
+                   data["vocab"], data["ids"], data["context"], tuple(tuple(s) for s in data["cache"]),
+                   data["encoder_decoder"], tuple(tuple(s) for s in data["memory_cache"]))
 
 
 def contract(model: ir.Model) -> Contract:
@@ -60,7 +72,27 @@ def contract(model: ir.Model) -> Contract:
         ids=min((n for n in (KINDS[layer.kind].id_range(Args(layer.args)) for layer, _ in ir.applications(model.root)
                              if layer.input.dtype == "int") if n), default=None),
         context=context if lm else None,
-        cache=cache_slots(model))
+        cache=cache_slots(model),
+        encoder_decoder=is_encoder_decoder(model),
+        memory_cache=memory_cache_slots(model))
+
+
+def is_encoder_decoder(model: ir.Model) -> bool:
+    """Some layer reads a tensor besides its piped input (a kind's tensor argument: cross-attention's memory)."""
+    return any(KINDS[layer.kind].tensor_args() for layer, _ in ir.applications(model.root))
+
+
+NOT_YET_ENCODER_DECODER = "is not yet supported for encoder-decoder models"
+
+
+def refuse_encoder_decoder(model: ir.Model, what: str) -> None:
+    """A located SpecError when `what` (training, sampling, ONNX export) meets a model with cross-attention."""
+    layer = next((layer for layer, _ in ir.applications(model.root) if KINDS[layer.kind].tensor_args()), None)
+    if layer is not None:
+        raise SpecError(f"{what} {NOT_YET_ENCODER_DECODER} (model '{model.name}' reads a second tensor: "
+                        f"{layer.kind} '{layer.name}')", layer.span,
+                        hint="specc compile counts it, to_torch and --emit-torch build it; ONNX export, training "
+                             "and generation of encoder-decoders are later steps")
 
 
 def is_language_model(model: ir.Model) -> bool:
@@ -76,6 +108,17 @@ def is_causal(model: ir.Model) -> bool:
     """No layer reads later positions (each kind declares it): next-token training and a KV cache make sense."""
     return not any(KINDS[layer.kind].reads_later_positions(Args(layer.args))
                    for layer, _ in ir.applications(model.root))
+
+
+def memory_cache_slots(model: ir.Model) -> tuple[tuple[int, int], ...]:
+    """(kv_heads, head_dim) of each cross-attention application in execution order: the keys and values of the
+    memory (the encoder's output), computed once per source sequence."""
+    slots = []
+    for layer, times in ir.applications(model.root):
+        shape = KINDS[layer.kind].memory_cache_shape(Args(layer.args))
+        if shape:
+            slots += [tuple(shape)] * times
+    return tuple(slots)
 
 
 def cache_slots(model: ir.Model) -> tuple[tuple[int, int], ...]:

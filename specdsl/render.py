@@ -103,10 +103,12 @@ def report(a: Analysis, source: str, console: Console | None = None) -> None:
                               f"int8 {human_bytes(w['int8'])}")
     summary.add_row("", f"AdamW training state fp32 {human_bytes(t['fp32'])}  bf16 mixed "
                         f"{human_bytes(t['bf16_mixed'])}  [dim](activations not included)[/dim]")
-    if kv["bf16"]:
+    mkv = m.get("kv_cache_per_memory_token")
+    if kv["bf16"] or mkv:
         seq = m.get("kv_cache_per_sequence")
         per_seq = f"  ({human_bytes(seq['bf16'])} per sequence of {seq['context']:,})" if seq else ""
-        summary.add_row("", f"KV cache per token bf16 {human_bytes(kv['bf16'])}{per_seq}")
+        cross = f" + cross-attention {human_bytes(mkv['bf16'])} per memory token" if mkv else ""
+        summary.add_row("", f"KV cache per token bf16 {human_bytes(kv['bf16'])}{cross}{per_seq}")
     s = a.sizing()
     summary.add_row("sizing", f"compute-optimal {human(s['compute_optimal_tokens'])} tokens (20 per parameter), "
                               f"training compute {_sci(s['training_flops'])} FLOPs (6 N D)")

@@ -34,6 +34,8 @@ def test_kind_keeps_its_contract(kind, example, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,example", EXAMPLES, ids=IDS)
 def test_kind_exports_to_onnx(kind, example, tmp_path):
+    if example.tensors:
+        pytest.skip("ONNX export of layers that read a second tensor (encoder-decoder) is not yet supported")
     compiled = compile_example(kind, example)
     check_onnx(compiled, specdsl.to_torch(compiled).eval(), example_input(compiled)[0], tmp_path)
 

@@ -201,16 +201,17 @@ class _Emitter:
                 forward.append(f"{out} = {val(op.args[0])} {symbols[op.op]} {val(op.args[1])}")
                 continue
             child, x = kinds[op.target], val(op.args[0])
+            extra = "".join(f", {val(a)}" for a in op.args[1:])  # tensors read beside the piped one (memory)
             if isinstance(child, ir.Module) and child.is_repeat and child.shared:
                 forward.append(f"{out} = {x}")
                 forward.append(f"for _ in range({child.count}):")
-                forward.append(f"    {out} = {_attr(child.name)}({out})")
+                forward.append(f"    {out} = {_attr(child.name)}({out}{extra})")
             elif isinstance(child, ir.Module) and child.is_repeat:
                 forward.append(f"{out} = {x}")
                 forward.append(f"for block in {_attr(child.name)}:")
-                forward.append(f"    {out} = block({out})")
+                forward.append(f"    {out} = block({out}{extra})")
             else:
-                forward.append(f"{out} = {_attr(child.name)}({x})")
+                forward.append(f"{out} = {_attr(child.name)}({x}{extra})")
         outputs = ", ".join(values[o] for o in module.outputs)
         params = ", ".join(_ident(n) for n in module.inputs)
         if root:

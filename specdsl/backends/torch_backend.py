@@ -38,8 +38,8 @@ class GraphModule(nn.Module):
 
     def run(self, values: dict):
         for op, args, out, target in self._ops:
-            if op == "call":
-                values[out] = self._modules[target](values[args[0]])
+            if op == "call":  # the piped tensor, then any the callee reads beside it (encoder memory)
+                values[out] = self._modules[target](*(values[a] for a in args))
             else:
                 a, b = (values[v] if isinstance(v, str) else v for v in args)
                 values[out] = _BINARY[op](a, b)
@@ -68,13 +68,14 @@ class Repeat(nn.Module):
             for i in range(module.count):
                 self.add_module(str(i), GraphModule(body))
 
-    def forward(self, x):
+    def forward(self, x, *memory):
+        """`memory`: tensors of the enclosing scope the body reads (encoder memory), the same each iteration."""
         if self.shared:
             for _ in range(self.count):
-                x = self._body(x)
+                x = self._body(x, *memory)
             return x
         for layer in self._modules.values():
-            x = layer(x)
+            x = layer(x, *memory)
         return x
 
 

@@ -65,6 +65,7 @@ class Bodies(ElaborationState):
                 declared = self._block_input(stmt, body, len(body.inputs) + body.failed_inputs)
             else:
                 declared = self._model_input(stmt, body.scope)
+                body.builder.local.add(declared.name)
             body.inputs.append(declared)
         except Abort:
             # Declared but broken (already reported): poison the name so that its uses, and the

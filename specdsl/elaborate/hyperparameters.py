@@ -126,6 +126,9 @@ class Hyperparameters(ElaborationState):
         """`value` as the type declared (`param p: float = 1` is 1.0), or an error where it is not of that type."""
         if declared_type is None or isinstance(value, Poison):
             return value
+        if declared_type == "tensor":
+            self.fail(f"'{name}' is declared tensor: only a block's parameter may be a tensor (hyperparameters are "
+                      "numbers, bools and strings)", span)
         want = TYPES[declared_type]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)

@@ -40,7 +40,8 @@ class Layers(ElaborationState):
     # How each kind of stage is applied: apply_stage looks its node's type up here.
     _STAGES = {S.LayerCall: _apply_call, S.Repeat: _apply_repeat}
 
-    def bind_args(self, what: str, names: list[str], stage_args: S.Arguments, span: Span) -> dict[str, Any]:
+    def bind_args(self, what: str, names: list[str], stage_args: S.Arguments, span: Span,
+                  hints: dict[str, str] | None = None) -> dict[str, Any]:
         """Positional and keyword argument expressions -> {name: expr}, with errors for extras and repeats."""
         bound: dict[str, Any] = {}
         if len(stage_args.positional) > len(names):
@@ -55,7 +56,8 @@ class Layers(ElaborationState):
                 continue
             if name not in names:
                 self.fail(f"{what} has no argument '{name}'", kspan,
-                          hint=did_you_mean(name, names) or f"arguments: {', '.join(names) or 'none'}")
+                          hint=(hints or {}).get(name) or did_you_mean(name, names)
+                          or f"arguments: {', '.join(names) or 'none'}")
             if name in bound:
                 self.fail(f"argument '{name}' of {what} is given twice", kspan)
             bound[name] = expr
@@ -63,13 +65,14 @@ class Layers(ElaborationState):
 
     def apply_layer(self, stage: S.LayerCall, kind: Kind, x: TVal, scope: Scope, builder: ModuleBuilder):
         names = [a.name for a in kind.args] + (["tie"] if kind.tie_param else [])
-        bound = self.bind_args(kind.name, names, stage.args, stage.span)
+        bound = self.bind_args(kind.name, names, stage.args, stage.span, kind.absent_args)
         if "tie" in bound and stage.args.positional[len(kind.args):]:
             self.fail("tie is given by name: `tie = layer`", bound["tie"].span)
         frozen = False
         if "frozen" in bound:
             frozen = self._arg_value(bound["frozen"], bool, "frozen", kind, scope, builder)
-        a = self._layer_arguments(stage, kind, bound, scope, builder)
+        tensors: list[str] = []  # the refs of tensor arguments (`memory = enc`): further inputs of the call
+        a = self._layer_arguments(stage, kind, bound, scope, builder, tensors)
         # `tie = label` is accepted by the kinds that declare a tie_param.
         tie_expr = next((e for n, e, _ in stage.args.keyword if n == "tie"), None)
         tie_target = self._resolve_tie(tie_expr, kind, builder) if tie_expr is not None else None
@@ -88,14 +91,18 @@ class Layers(ElaborationState):
             builder.labels[stage.label] = layer
             builder.label_paths[stage.label] = builder.path + name
         out = builder.fresh()
-        builder.ops.append(ir.Op("call", (x.ref,), out, target=name))
+        builder.ops.append(ir.Op("call", (x.ref, *tensors), out, target=name))
         return TVal(out_type, out)
 
     def _layer_arguments(self, stage: S.LayerCall, kind: Kind, bound: dict, scope: Scope,
-                         builder: ModuleBuilder) -> Args:
-        """Every argument of the kind: as given, or its default; each checked by the kind."""
+                         builder: ModuleBuilder, tensors: list[str]) -> Args:
+        """Every argument of the kind: as given, or its default; each checked by the kind. A tensor argument's
+        value is its type (what the kind's shape rules read); its ref is appended to `tensors`."""
         a = Args()
         for arg in kind.args:
+            if arg.type == "tensor":
+                a[arg.name] = self._tensor_arg(stage, kind, arg.name, bound, scope, builder, tensors)
+                continue
             if arg.name in bound:
                 expr = bound[arg.name]
                 a[arg.name] = self._arg_value(expr, arg.type, arg.name, kind, scope, builder, arg.choices)
@@ -112,6 +119,22 @@ class Layers(ElaborationState):
                 where = bound[arg.name].span if arg.name in bound else stage.span
                 self.fail(f"{kind.name} argument {arg.name}={a[arg.name]!r} {complaint}", where)
         return a
+
+    def _tensor_arg(self, stage: S.LayerCall, kind: Kind, name: str, bound: dict, scope: Scope,
+                    builder: ModuleBuilder, tensors: list[str]):
+        """A tensor argument (`memory = enc`): a tensor value in scope, read by the layer beside its piped input."""
+        if name not in bound:
+            self.fail(f"{kind.name} needs argument '{name}', a tensor", stage.span,
+                      hint=f"name a tensor in scope: {kind.name}(..., {name} = enc)")
+        value = self.eval(bound[name], scope, builder)
+        if isinstance(value, Poison):
+            raise Abort
+        if not isinstance(value, TVal):
+            self.fail(f"{kind.name} argument '{name}' must be a tensor, got {type_name(value)} {value!r}",
+                      bound[name].span, hint=f"name a tensor value in scope, such as an encoder's output: "
+                                             f"{name} = enc")
+        tensors.append(builder.localize(value.ref))
+        return value.type
 
     def _layer_params(self, kind: Kind, shapes: dict, frozen: bool, tie_target, tie_expr) -> list[ir.Param]:
         """The layer's parameters; the one a `tie` names shares the tied layer's tensor (same shape)."""

@@ -62,11 +62,31 @@ class ModuleBuilder:
     labels: dict[str, ir.Layer] = field(default_factory=dict)
     label_paths: dict[str, str] = field(default_factory=dict)
     auto: dict[str, int] = field(default_factory=dict)
-    counter: int = 0
+    counter: int = 0  # the root's: value refs are numbered across the whole model, so no two modules share one
+    local: set[str] = field(default_factory=set)  # the refs defined in this module: its inputs and its ops' outputs
+    # Tensors of enclosing modules this one reads (a repeat body's `memory = enc`, a block's tensor parameter):
+    # their refs, in the order first read. Each is an extra input of the module, passed by its caller.
+    captures: list[str] = field(default_factory=list)
 
     def fresh(self) -> str:
-        self.counter += 1
-        return f"%{self.counter}"
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        root.counter += 1
+        ref = f"%{root.counter}"
+        self.local.add(ref)
+        return ref
+
+    def localize(self, ref: str) -> str:
+        """A tensor value's ref as this module reads it: its own, or one of an enclosing module's, which becomes
+        an extra input here (and, through every module in between, there). Refs are unique in a model, so the
+        name stays the same."""
+        if ref in self.local or self.parent is None:
+            return ref
+        self.parent.localize(ref)
+        self.captures.append(ref)
+        self.local.add(ref)
+        return ref
 
     def find_label(self, label: str):
         b = self

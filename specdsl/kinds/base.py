@@ -62,11 +62,15 @@ class Example:
 
     call: str  # the arguments, as in a spec: "16, 4, kv_heads = 2"
     input: str  # the input's type, as in a spec: "float[2, 6, 16]"
+    # Further inputs in scope that tensor arguments name, as (name, type): (("mem", "float[2, 5, 16]"),)
+    tensors: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class Arg:
-    """One argument of a kind. `type` is int, float, bool, str, or "ref" (the label of another layer)."""
+    """One argument of a kind. `type` is int, float, bool, str, or "tensor": a tensor value in scope that the layer
+    reads beside its piped input (cross-attention's `memory = enc`); the kind's methods see its TensorType, the
+    torch module receives the tensor as a further argument of forward, after the piped one, in declaration order."""
 
     name: str
     type: Any
@@ -162,6 +166,9 @@ class Kind:
     embedding: bool = False  # its parameters count as embedding parameters
     tie_param: str | None = None  # the parameter that `tie = other_layer` makes one tensor with other's
     examples: tuple[Example, ...] = ()
+    # Arguments a reader may expect that this kind does not take, with why: the hint of "has no argument"
+    # (CrossAttention: causal).
+    absent_args: dict[str, str] = {}
     # The docs' words for what the methods below compute, shown in docs/language.md beside the arguments.
     params_doc: str = "—"
     shape_doc: str = "same"
@@ -196,6 +203,15 @@ class Kind:
         decoding (attention), or None."""
         return None
 
+    def memory_cache_shape(self, a: Args) -> tuple[int, int] | None:
+        """(kv_heads, head_dim) of the keys, and of the values, this layer caches per position of its `memory`
+        (cross-attention: computed once from the encoder's output, then read at every decoding step), or None."""
+        return None
+
+    def kv_cache_per_memory_token(self, a: Args) -> int:
+        shape = self.memory_cache_shape(a)
+        return 2 * prod(shape) if shape else 0
+
     def kv_cache_per_token(self, a: Args) -> int:
         """Elements cached per token for incremental decoding: keys and values (cache_shape)."""
         shape = self.cache_shape(a)
@@ -214,8 +230,12 @@ class Kind:
         """The sequence length this layer's FLOPs assume (attention), or None when it has none."""
         return None
 
+    def tensor_args(self) -> tuple[str, ...]:
+        """The names of the tensor arguments, in the order the torch module's forward takes them after its input."""
+        return tuple(arg.name for arg in self.args if arg.type == "tensor")
+
     def describe(self, a: Args) -> str:
-        shown = [str(a[arg.name]) for arg in self.args if arg.default is REQUIRED]
+        shown = [str(a[arg.name]) for arg in self.args if arg.default is REQUIRED and arg.type != "tensor"]
         return f"{self.name}({', '.join(shown)})"
 
     # ---- the torch form: declared as data, so the torch backend builds it and --emit-torch writes it ----
