@@ -325,7 +325,49 @@ UNUSED = [
     case("unused-value-in-block", model("x = x -> leaky(d)", after=LEAKY), 12, 5, "'h' is computed but never used"),
 ]
 
-CASES = SYNTAX + NAMES + ARGUMENTS + DUPLICATES + ASSERTS + SHAPES + TRAIN + UNUSED
+# Layers and blocks that read a second tensor (cross-attention's memory): the column of `word` in a model
+# statement (4 spaces of indent in the file).
+def at(stmt: str, word: str) -> int:
+    return 5 + stmt.index(word)
+
+
+DEC_BLOCK = """
+block dec(d: int, memory: tensor) {
+    input x
+    return x + (x -> cross: CrossAttention(d, 4, memory = memory))
+}
+"""
+_S1 = "y = x -> CrossAttention(d, heads, memory = 3)"
+_S2 = "x = x -> CrossAttention(d, heads, memory = m)"
+_S3 = "x = x -> CrossAttention(d, heads, memory = x, causal = true)"
+_S4 = "x = x -> CrossAttention(d, heads, memory = tokens)"
+_S5 = "x = x -> dec(d, memory = 3)"
+CROSS = [
+    case("memory-not-a-tensor", model(_S1), 7, at(_S1, "3"), "argument 'memory' must be a tensor, got int 3",
+         hint="name a tensor value in scope"),
+    case("memory-of-the-wrong-width", model("m = x -> Linear(d, 32)", _S2), 8, at(_S2, "CrossAttention"),
+         ("32 wide, but memory_dim is 64",), hint=None),
+    case("memory-missing", model("x = x -> CrossAttention(d, heads)"), 7, 14, "needs argument 'memory', a tensor",
+         hint="memory = enc"),
+    case("causal-given-to-cross-attention", model(_S3), 7, at(_S3, "causal"), "has no argument 'causal'",
+         hint="no causal mask"),
+    case("memory-of-token-ids", model(_S4), 7, at(_S4, "CrossAttention"), "memory must be a float tensor"),
+    case("memory-of-another-rank", model("m = x -> Select(dim = 1, index = 0)", _S2), 8, at(_S2, "CrossAttention"),
+         "must be [..., mem_len, 64] like the input"),
+    case("block-tensor-parameter-given-a-number", model(_S5, after=DEC_BLOCK), 7, at(_S5, "3"),
+         "block argument 'memory' of 'dec' is a tensor, got int 3"),
+    case("block-tensor-parameter-missing", model("x = x -> dec(d)", after=DEC_BLOCK), 7, 14,
+         "block 'dec' needs argument 'memory' (a tensor)"),
+    case("block-tensor-parameter-with-a-default",
+         model("x = x -> dec(d)", after=DEC_BLOCK.replace("memory: tensor", "memory: tensor = 1")), 11, 36,
+         "tensor parameter 'memory' of block 'dec' cannot have a default"),
+    case("tensor-given-to-an-untyped-block-parameter", model("x = x -> resid(x)", after=BLOCK), 7, 20,
+         "must be a hyperparameter, got a tensor", hint="declare it `d: tensor`"),
+    case("hyperparameter-declared-tensor", top("param t: tensor = 3"), 1, 7,
+         "only a block's parameter may be a tensor"),
+]
+
+CASES = SYNTAX + NAMES + ARGUMENTS + DUPLICATES + ASSERTS + SHAPES + TRAIN + UNUSED + CROSS
 
 # Lark's vocabulary, which must never reach a user: anonymous terminals, token reprs, end-of-input, rule and
 # terminal names (RPAR, LBRACE, NAME...). A word the user typed may be echoed back; one they didn't is a leak.

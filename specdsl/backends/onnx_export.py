@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract import contract
+from ..contract import contract, refuse_encoder_decoder
 from ..errors import Span, SpecError
 from ..io import publish, temp_beside
 from ..shapes import Sym
@@ -174,6 +174,7 @@ def export(compiled, out: str | os.PathLike, module: torch.nn.Module | None = No
     out = Path(out)
     if quantize not in (None, "int8"):  # before anything is written
         raise SpecError(f"unknown quantization '{quantize}': use int8", Span("--quantize", 0, 0))
+    refuse_encoder_decoder(compiled.model, "ONNX export")
     export_paths(compiled.model, out, quantize)  # every target, before the seconds an export takes
     # The export draws from torch's global RNG (random weights, anything the exporter draws): a fork of it, seeded
     # for reproducible files, so the caller's stream goes on as if no export had run.

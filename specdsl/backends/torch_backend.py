@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import ir
-from ..contract import contract
+from ..contract import contract, refuse_encoder_decoder
 from ..errors import SpecError
 from ..kinds import KINDS, Args, Kind, TorchForm
 from ..shapes import Sym
@@ -268,6 +268,7 @@ class Decoder(nn.Module):
 
     def __init__(self, module: SpecModule):
         super().__init__()
+        refuse_encoder_decoder(module.spec, "incremental decoding")
         self.model = module
         self.slots = contract(module.spec).cache
         self._stateful = layer_modules(module, lambda kind: kind.decode_state)

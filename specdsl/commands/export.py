@@ -34,6 +34,8 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
     else:
         compiled = load(spec, preset=preset, overrides=overrides)
     from ..backends.onnx_generate import export_paths
+    from ..contract import refuse_encoder_decoder
+    refuse_encoder_decoder(compiled.model, "ONNX export")
     export_paths(compiled.model, output, quantize)  # before torch is imported: seconds before a refusal otherwise
     if run is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
         from ..contract import contract

@@ -38,7 +38,8 @@ def _argument(arg: Arg) -> str:
 
 def _row(kind: Kind) -> str:
     arguments = ", ".join(_argument(arg) for arg in kind.args) or "—"
-    examples = "<br>".join(f"`{kind.name}({e.call})` on `{e.input}`" for e in kind.examples)
+    examples = "<br>".join(f"`{kind.name}({e.call})` on `{e.input}`"
+                           + "".join(f", `{name}: {type_}`" for name, type_ in e.tensors) for e in kind.examples)
     cells = [f"`{kind.name}`", kind.summary, arguments, kind.params_doc, kind.shape_doc, kind.flops_doc, examples]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 

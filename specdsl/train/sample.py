@@ -9,7 +9,7 @@ import torch
 
 from ..backends.torch_backend import Decoder, to_torch
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
-from ..contract import contract
+from ..contract import contract, refuse_encoder_decoder
 from ..errors import Span, SpecError
 from . import checkpoint, rundir
 
@@ -22,6 +22,7 @@ def load_run(run_dir: str | Path, which: str = "best"):
     if folder is None:
         raise SpecError(f"no complete checkpoint in '{run.path}'", where, hint="train it (or --resume it) first")
     compiled, record = rundir.compile_run(run)
+    refuse_encoder_decoder(compiled.model, "sampling")
     if record["tokenizer"] is None:
         raise SpecError(f"'{run.path}' holds a classifier: there is no text to sample", where)
     tokenizer = run.tokenizer()

@@ -16,7 +16,7 @@ import torch
 from .. import ir
 from ..backends.torch_backend import to_torch
 from ..compiled import context_hyperparameter, load, vocabulary_hyperparameter
-from ..contract import contract
+from ..contract import contract, refuse_encoder_decoder
 from ..errors import Span, SpecError
 from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
 from ..system import available_memory
@@ -52,6 +52,7 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
     """Resolve and check everything (spec, settings, run directory, data, model) without writing anything."""
     probe = load(spec_path, preset=preset, overrides=overrides)
     from .trainable import check_trainable  # a model the loop cannot train is refused here, at its line
+    refuse_encoder_decoder(probe.model, "training")
     check_trainable(probe.model)
     config = resolve_config(probe.model.train, flags)
     plan = rundir.plan(config.out or f"runs/{probe.model.name}", resume)
