@@ -28,6 +28,11 @@ FAMILIES = [
     ("bert.spec", None, {**SMALL, "ffn": 48}),
     ("albert.spec", None, {**SMALL, "ffn": 48, "emb": 16}),
     ("lenet5.spec", None, {}),
+    ("gemma.spec", None, {**SMALL, "kv_heads": 1, "head_dim": 12, "ffn": 40}),  # 1 + w norms, scaled embedding
+    ("qwen2.spec", None, {**SMALL, "kv_heads": 2, "ffn": 40}),  # q/k/v biases
+    ("phi.spec", None, {**SMALL, "ffn": 40, "rotary_dims": 4}),  # partial rotary, parallel block
+    ("gpt-neox.spec", None, {**SMALL, "ffn": 40}),
+    ("opt.spec", None, {**SMALL, "ffn": 40}),  # positions from row 2
 ]
 
 

@@ -105,10 +105,13 @@ _LLAMA_LAYER = {
     "layers.{i}.attn.qkv.bias": _attn_qkv("layers.{i}.self_attn", "bias"),
     "layers.{i}.attn.out.weight": "layers.{i}.self_attn.o_proj.weight",
     "layers.{i}.ln_2.weight": "layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.attn.q_norm.weight": "layers.{i}.self_attn.q_norm.weight",  # Qwen3 (qk_norm)
+    "layers.{i}.attn.k_norm.weight": "layers.{i}.self_attn.k_norm.weight",
 }
 
-# LLaMA, Mistral, Qwen2 (q/k/v biases: qkv.bias) and Gemma (embedding scale and 1 + w norms: no names of their own).
-LLAMA = Family("llama", ("model.", ""), model_types=("llama", "mistral", "qwen2", "gemma"), rules={
+# LLaMA, Mistral, Qwen2 (q/k/v biases: qkv.bias), Qwen3 (q_norm, k_norm) and Gemma (embedding scale and 1 + w
+# norms: no names of their own).
+LLAMA = Family("llama", ("model.", ""), model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"), rules={
     "embed.weight": "embed_tokens.weight",
     **_LLAMA_LAYER,
     "layers.{i}.mlp.gate.weight": "layers.{i}.mlp.gate_proj.weight",
@@ -224,7 +227,34 @@ OPT = Family("opt", ("model.decoder.", "decoder."), model_types=("opt",), rules=
     "lm_head.weight": "^lm_head.weight",
 })
 
-FAMILIES = (GPT2, GPT1, LLAMA, MIXTRAL, BERT, ALBERT, PHI, GPT_NEOX, OPT)
+# GPT-J (GPTJForCausalLM): parallel_block's names under GPT-2's (wte, h, ln_f); no q/k/v or output biases.
+GPTJ = Family("gptj", ("transformer.", ""), model_types=("gptj",), rules={
+    "wte.weight": "wte.weight",
+    **{f"h.{{i}}.{ours}.{w}": f"h.{{i}}.{theirs}.{w}" for w in ("weight", "bias") for ours, theirs in (
+        ("ln", "ln_1"), ("mlp.fc", "mlp.fc_in"), ("mlp.proj", "mlp.fc_out"))},
+    "h.{i}.attn.qkv.weight": _attn_qkv("h.{i}.attn", "weight"),
+    "h.{i}.attn.out.weight": "h.{i}.attn.out_proj.weight",
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+    "lm_head.weight": "^lm_head.weight",
+    "lm_head.bias": "^lm_head.bias",
+})
+
+# BLOOM (BloomForCausalLM): gpt_block's names under GPT-2's, an embedding LayerNorm, query_key_value per head.
+BLOOM = Family("bloom", ("transformer.", ""), model_types=("bloom",), rules={
+    "wte.weight": "word_embeddings.weight",
+    "ln_emb.weight": "word_embeddings_layernorm.weight",
+    "ln_emb.bias": "word_embeddings_layernorm.bias",
+    **{f"h.{{i}}.{ours}.{w}": f"h.{{i}}.{theirs}.{w}" for w in ("weight", "bias") for ours, theirs in (
+        ("ln_1", "input_layernorm"), ("attn.out", "self_attention.dense"), ("ln_2", "post_attention_layernorm"),
+        ("mlp.fc", "mlp.dense_h_to_4h"), ("mlp.proj", "mlp.dense_4h_to_h"))},
+    **{f"h.{{i}}.attn.qkv.{w}": PerHead(f"h.{{i}}.self_attention.query_key_value.{w}") for w in ("weight", "bias")},
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+    "lm_head.weight": "^lm_head.weight",
+})
+
+FAMILIES = (GPT2, GPT1, LLAMA, MIXTRAL, BERT, ALBERT, PHI, GPT_NEOX, OPT, GPTJ, BLOOM)
 
 
 def _compile(template: str) -> re.Pattern:
