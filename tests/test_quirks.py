@@ -149,3 +149,16 @@ def test_incremental_decoding_equals_the_full_pass(spec, sizes):
             logits, *cache = decoder(tokens[:, t:t + 1], *cache)
             steps.append(logits)
     assert (torch.cat(steps, dim=1) - full).abs().max() <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text,sizes", [(BLOOM, dict(heads=6, d=36)), (QWEN3, {}), (GPTJ, dict(rotary_dims=6))],
+                         ids=["bloom-alibi", "qwen3-qk_norm", "gptj-interleaved"])
+def test_quirks_export_to_onnx_with_a_kv_cache(tmp_path, text, sizes):
+    """The full graph and the decoding graph on onnxruntime equal torch (export() checks both and reports)."""
+    pytest.importorskip("onnxruntime")
+    from specdsl.backends.onnx_export import export
+    compiled = specdsl.loads(text, name="inline.spec", overrides=sizes)
+    report = export(compiled, tmp_path / "m.onnx")
+    assert report["max_abs_diff"] <= 1e-4
+    assert report["decode"]["cache_vs_full_max_abs_diff"] <= 1e-5
