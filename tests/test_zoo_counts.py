@@ -23,6 +23,15 @@ REFERENCE = [
     ("mistral.spec", None, 7_241_732_096, None),
     ("mixtral.spec", None, 46_702_792_704, 12_879_925_248),
     ("lenet5.spec", None, 61_706, None),
+    # The families of issue 11, each against its model card / paper figure (the spec's header cites it) and, in
+    # tests/test_hf_count_parity.py, against the Hugging Face model built from its published config.
+    ("gemma.spec", None, 2_506_172_416, None),
+    ("gemma.spec", "7b", 8_537_680_896, None),
+    ("qwen2.spec", None, 494_032_768, None),
+    ("phi.spec", None, 2_779_683_840, None),
+    ("gpt-neox.spec", None, 20_554_567_680, None),
+    ("gpt-neox.spec", "pythia-160m", 162_322_944, None),
+    ("opt.spec", None, 125_239_296, None),
 ]
 
 # Backbones ("base" column): the model without its output head.

@@ -5,6 +5,10 @@ a key, or a small recipe over keys (transpose, concatenate, take a chunk, stack 
 tried under each of the family's prefixes (GPT2LMHeadModel's "transformer." or GPT2Model's none); a source that
 starts with "^" is absolute (an LM head). Where a family has several layouts (Mixtral's fused experts in memory,
 per-expert w1/w2/w3 as `save_pretrained` writes them), `First` takes the first whose keys exist.
+
+A family also names the Hugging Face `model_type`s (config.json) whose checkpoints it reads: Gemma's and Qwen2's
+names are LLaMA's (their quirks, GemmaRMSNorm's 1 + w and Qwen2's q/k/v biases, live in the spec, not in the names),
+so one table serves them.
 """
 
 from __future__ import annotations
@@ -41,6 +45,16 @@ class Stack:
 
 
 @dataclass(frozen=True)
+class PerHead:
+    """A fused projection stored head by head, rows [groups, parts, head_dim] (GPT-NeoX's and BLOOM's
+    query_key_value: q, k, v of head 0, then of head 1, ...), regrouped as specc's [parts, groups, head_dim] (every
+    q row, then every k, then every v). head_dim is the one the parameter's layer caches per head (its kind's
+    cache_shape), so the recipe needs no hyperparameter."""
+    key: str
+    parts: int = 3
+
+
+@dataclass(frozen=True)
 class First:
     """The first alternative whose source keys all exist."""
     options: tuple
@@ -51,13 +65,14 @@ class Family:
     name: str
     prefixes: tuple[str, ...]
     rules: dict
+    model_types: tuple[str, ...] = ()  # the config.json `model_type`s whose checkpoints these names read
 
 
 def _attn_qkv(p: str, w: str) -> Cat:
     return Cat(tuple(f"{p}.{n}.{w}" for n in ("q_proj", "k_proj", "v_proj")))
 
 
-GPT2 = Family("gpt2", ("transformer.", ""), {
+GPT2 = Family("gpt2", ("transformer.", ""), model_types=("gpt2",), rules={
     "wte.weight": "wte.weight",
     "wpe.weight": "wpe.weight",
     "h.{i}.ln_1.weight": "h.{i}.ln_1.weight",
@@ -77,7 +92,7 @@ GPT2 = Family("gpt2", ("transformer.", ""), {
     "lm_head.weight": "^lm_head.weight",
 })
 
-GPT1 = Family("openai-gpt", ("transformer.", ""), {
+GPT1 = Family("openai-gpt", ("transformer.", ""), model_types=("openai-gpt",), rules={
     "tokens_embed.weight": "tokens_embed.weight",
     "positions_embed.weight": "positions_embed.weight",
     **{k: v for k, v in GPT2.rules.items() if k.startswith("h.")},
@@ -90,9 +105,13 @@ _LLAMA_LAYER = {
     "layers.{i}.attn.qkv.bias": _attn_qkv("layers.{i}.self_attn", "bias"),
     "layers.{i}.attn.out.weight": "layers.{i}.self_attn.o_proj.weight",
     "layers.{i}.ln_2.weight": "layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.attn.q_norm.weight": "layers.{i}.self_attn.q_norm.weight",  # Qwen3 (qk_norm)
+    "layers.{i}.attn.k_norm.weight": "layers.{i}.self_attn.k_norm.weight",
 }
 
-LLAMA = Family("llama", ("model.", ""), {
+# LLaMA, Mistral, Qwen2 (q/k/v biases: qkv.bias), Qwen3 (q_norm, k_norm) and Gemma (embedding scale and 1 + w
+# norms: no names of their own).
+LLAMA = Family("llama", ("model.", ""), model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"), rules={
     "embed.weight": "embed_tokens.weight",
     **_LLAMA_LAYER,
     "layers.{i}.mlp.gate.weight": "layers.{i}.mlp.gate_proj.weight",
@@ -102,7 +121,7 @@ LLAMA = Family("llama", ("model.", ""), {
     "lm_head.weight": "^lm_head.weight",
 })
 
-MIXTRAL = Family("mixtral", ("model.", ""), {
+MIXTRAL = Family("mixtral", ("model.", ""), model_types=("mixtral",), rules={
     "embed.weight": "embed_tokens.weight",
     **_LLAMA_LAYER,
     "layers.{i}.moe.router.weight": First(("layers.{i}.mlp.gate.weight", "layers.{i}.block_sparse_moe.gate.weight")),
@@ -142,7 +161,7 @@ def _embeddings() -> dict:
 
 
 _B = "encoder.layer.{i}"
-BERT = Family("bert", ("", "bert."), {
+BERT = Family("bert", ("", "bert."), model_types=("bert",), rules={
     **_embeddings(),
     **_bert_layer("layer.{i}", (f"{_B}.attention.self.query", f"{_B}.attention.self.key",
                                 f"{_B}.attention.self.value", f"{_B}.attention.output.dense",
@@ -158,7 +177,7 @@ BERT = Family("bert", ("", "bert."), {
 })
 
 _A = "encoder.albert_layer_groups.0.albert_layers.0"
-ALBERT = Family("albert", ("", "albert."), {
+ALBERT = Family("albert", ("", "albert."), model_types=("albert",), rules={
     **_embeddings(),
     "embedding_hidden_mapping_in.weight": "encoder.embedding_hidden_mapping_in.weight",
     "embedding_hidden_mapping_in.bias": "encoder.embedding_hidden_mapping_in.bias",
@@ -169,7 +188,73 @@ ALBERT = Family("albert", ("", "albert."), {
     "pooler.bias": "pooler.bias",
 })
 
-FAMILIES = (GPT2, GPT1, LLAMA, MIXTRAL, BERT, ALBERT)
+# Phi-1/1.5/2 (Hugging Face PhiForCausalLM): specs/phi.spec's names, parallel_block's `ln`.
+_P = "layers.{i}"
+PHI = Family("phi", ("model.", ""), model_types=("phi",), rules={
+    "embed.weight": "embed_tokens.weight",
+    **{f"{_P}.{ours}.{w}": f"{_P}.{theirs}.{w}" for w in ("weight", "bias") for ours, theirs in (
+        ("ln", "input_layernorm"), ("attn.out", "self_attn.dense"), ("mlp.fc", "mlp.fc1"), ("mlp.proj", "mlp.fc2"))},
+    **{f"{_P}.attn.qkv.{w}": _attn_qkv(f"{_P}.self_attn", w) for w in ("weight", "bias")},
+    "norm.weight": "final_layernorm.weight",
+    "norm.bias": "final_layernorm.bias",
+    "lm_head.weight": "^lm_head.weight",
+    "lm_head.bias": "^lm_head.bias",
+})
+
+# GPT-NeoX and Pythia (GPTNeoXForCausalLM): fused query_key_value stored per head; the head is `lm_head` in
+# transformers 5 and `embed_out` in the published checkpoints.
+GPT_NEOX = Family("gpt-neox", ("gpt_neox.", ""), model_types=("gpt_neox",), rules={
+    "embed.weight": "embed_in.weight",
+    **{f"{_P}.{ours}.{w}": f"{_P}.{theirs}.{w}" for w in ("weight", "bias") for ours, theirs in (
+        ("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm"), ("attn.out", "attention.dense"),
+        ("mlp.fc", "mlp.dense_h_to_4h"), ("mlp.proj", "mlp.dense_4h_to_h"))},
+    **{f"{_P}.attn.qkv.{w}": PerHead(f"{_P}.attention.query_key_value.{w}") for w in ("weight", "bias")},
+    "norm.weight": "final_layer_norm.weight",
+    "norm.bias": "final_layer_norm.bias",
+    "lm_head.weight": First(("^lm_head.weight", "^embed_out.weight")),
+})
+
+# OPT (OPTForCausalLM; OPTModel without "model."): specs/opt.spec's names, gpt_block's labels.
+OPT = Family("opt", ("model.decoder.", "decoder."), model_types=("opt",), rules={
+    "embed.weight": "embed_tokens.weight",
+    "pos.weight": "embed_positions.weight",
+    **{f"{_P}.{ours}.{w}": f"{_P}.{theirs}.{w}" for w in ("weight", "bias") for ours, theirs in (
+        ("ln_1", "self_attn_layer_norm"), ("attn.out", "self_attn.out_proj"), ("ln_2", "final_layer_norm"),
+        ("mlp.fc", "fc1"), ("mlp.proj", "fc2"))},
+    **{f"{_P}.attn.qkv.{w}": _attn_qkv(f"{_P}.self_attn", w) for w in ("weight", "bias")},
+    "norm.weight": "final_layer_norm.weight",
+    "norm.bias": "final_layer_norm.bias",
+    "lm_head.weight": "^lm_head.weight",
+})
+
+# GPT-J (GPTJForCausalLM): parallel_block's names under GPT-2's (wte, h, ln_f); no q/k/v or output biases.
+GPTJ = Family("gptj", ("transformer.", ""), model_types=("gptj",), rules={
+    "wte.weight": "wte.weight",
+    **{f"h.{{i}}.{ours}.{w}": f"h.{{i}}.{theirs}.{w}" for w in ("weight", "bias") for ours, theirs in (
+        ("ln", "ln_1"), ("mlp.fc", "mlp.fc_in"), ("mlp.proj", "mlp.fc_out"))},
+    "h.{i}.attn.qkv.weight": _attn_qkv("h.{i}.attn", "weight"),
+    "h.{i}.attn.out.weight": "h.{i}.attn.out_proj.weight",
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+    "lm_head.weight": "^lm_head.weight",
+    "lm_head.bias": "^lm_head.bias",
+})
+
+# BLOOM (BloomForCausalLM): gpt_block's names under GPT-2's, an embedding LayerNorm, query_key_value per head.
+BLOOM = Family("bloom", ("transformer.", ""), model_types=("bloom",), rules={
+    "wte.weight": "word_embeddings.weight",
+    "ln_emb.weight": "word_embeddings_layernorm.weight",
+    "ln_emb.bias": "word_embeddings_layernorm.bias",
+    **{f"h.{{i}}.{ours}.{w}": f"h.{{i}}.{theirs}.{w}" for w in ("weight", "bias") for ours, theirs in (
+        ("ln_1", "input_layernorm"), ("attn.out", "self_attention.dense"), ("ln_2", "post_attention_layernorm"),
+        ("mlp.fc", "mlp.dense_h_to_4h"), ("mlp.proj", "mlp.dense_4h_to_h"))},
+    **{f"h.{{i}}.attn.qkv.{w}": PerHead(f"h.{{i}}.self_attention.query_key_value.{w}") for w in ("weight", "bias")},
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+    "lm_head.weight": "^lm_head.weight",
+})
+
+FAMILIES = (GPT2, GPT1, LLAMA, MIXTRAL, BERT, ALBERT, PHI, GPT_NEOX, OPT, GPTJ, BLOOM)
 
 
 def _compile(template: str) -> re.Pattern:

@@ -25,47 +25,104 @@ ACTIVATIONS = {
 class PositionalEmbedding(nn.Module):
     """Learned absolute positions added to the input: x + weight[:T] (GPT-2's wpe, BERT's position_embeddings)."""
 
-    def __init__(self, num: int, dim: int):
+    def __init__(self, num: int, dim: int, offset: int = 0):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num, dim))
         nn.init.normal_(self.weight, std=0.02)
+        self.offset = offset  # position p reads row p + offset (OPT: 2)
         self.decode: DecodeState | None = None  # while decoding, positions continue after the cached ones
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[-2]
-        offset = self.decode.offset if self.decode is not None else 0
-        return x + self.weight[offset:offset + T]
+        start = self.offset + (self.decode.offset if self.decode is not None else 0)
+        return x + self.weight[start:start + T]
 
 
-def rotary_cos_sin(T: int, head_dim: int, theta: float, device, dtype, offset: int = 0):
-    """cos and sin [T, head_dim] for rotary positions, as Hugging Face LLaMA computes them (float32, halves)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+class OffsetRMSNorm(nn.Module):
+    """RMSNorm scaling by (1 + weight), in float32 then back to the input's dtype: Hugging Face GemmaRMSNorm's
+    formula exactly (x * rsqrt(mean(x^2) + eps) * (1 + w), all float32). The weight starts at zero."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x)
+
+
+class Scale(nn.Module):
+    """x * factor (Gemma's embedding scale, sqrt(d))."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def rotary_cos_sin(T: int, dims: int, theta: float, device, dtype, offset: int = 0, interleaved: bool = False):
+    """cos and sin [T, dims] for rotary positions over `dims` dims, as Hugging Face computes them (float32): the
+    frequencies repeated as halves (LLaMA, GPT-NeoX) or pairwise (interleaved: GPT-J)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dims, 2, dtype=torch.int64, device=device).float() / dims))
     positions = torch.arange(offset, offset + T, device=device, dtype=torch.float32)
     freqs = positions[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
+    emb = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate [B, H, T, hd] by position (Su et al. 2021), rotate-half layout (GPT-NeoX, Hugging Face LLaMA)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """Rotate [B, H, T, n] by position (Su et al. 2021): rotate-half layout (GPT-NeoX, Hugging Face LLaMA), or
+    pairs of neighbours (interleaved: GPT-J's rotate_every_two)."""
+    if interleaved:
+        rotated = torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+    else:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi's slope per head (Press et al. 2022), as BLOOM's build_alibi_tensor and MPT's gen_slopes make them:
+    2^(-8i/n) for i = 1..n when n is a power of two; otherwise those of the power of two below n, then the odd
+    ones (i = 1, 3, ...) of the power above, up to n heads."""
+    power = 2 ** math.floor(math.log2(heads))
+    slopes = [2.0 ** (-8.0 * i / power) for i in range(1, power + 1)]
+    extra = [2.0 ** (-8.0 * i / (2 * power)) for i in range(1, 2 * power + 1, 2)]
+    return slopes + extra[:heads - power]
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused q/k/v projection; GQA/MQA through kv_heads (no copies of k and v:
-    SDPA's enable_gqa), rotary positions, a sliding window, and scaled_dot_product_attention."""
+    SDPA's enable_gqa), rotary positions (all or the first rotary_dims of each head, half or interleaved pairs),
+    q/k RMSNorm, ALiBi, a sliding window, and scaled_dot_product_attention."""
 
     def __init__(self, d: int, heads: int, kv_heads: int, head_dim: int, causal: bool = True, bias: bool = False,
-                 out_bias: bool = False, rope: bool = False, rope_theta: float = 10000.0, window: int = 0,
-                 dropout: float = 0.0):
+                 out_bias: bool = False, rope: bool = False, rope_theta: float = 10000.0, rotary_dims: int = 0,
+                 rope_layout: str = "half", scale: float = 0.0, qk_norm: bool = False, qk_norm_eps: float = 1e-6,
+                 alibi: bool = False, window: int = 0, dropout: float = 0.0):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.rope, self.rope_theta, self.window, self.dropout = causal, rope, rope_theta, window, dropout
+        self.rotary_dims, self.interleaved = rotary_dims or head_dim, rope_layout == "interleaved"
+        self.scale = scale or 1 / math.sqrt(head_dim)
+        self.alibi = alibi
         self.qkv = nn.Linear(d, (heads + 2 * kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, d, bias=out_bias)
+        if qk_norm:  # Hugging Face Qwen3Attention's q_norm and k_norm: RMSNorm over one head's dims
+            self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+            self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        self.qk_norm = qk_norm
         self.decode: DecodeState | None = None
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        n = self.rotary_dims
+        if n == self.head_dim:
+            return apply_rotary(x, cos, sin, self.interleaved)
+        return torch.cat((apply_rotary(x[..., :n], cos, sin, self.interleaved), x[..., n:]), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, T, d] -> [B, T, d]. While `self.decode` holds a DecodeState (incremental decoding), the keys and
@@ -76,25 +133,34 @@ class Attention(nn.Module):
         q = q.view(B, T, h, hd).transpose(1, 2)
         k = k.view(B, T, kv, hd).transpose(1, 2)
         v = v.view(B, T, kv, hd).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         state = self.decode
         offset = state.offset if state is not None else 0
         if self.rope:
-            cos, sin = rotary_cos_sin(T, hd, self.rope_theta, x.device, q.dtype, offset)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            cos, sin = rotary_cos_sin(T, self.rotary_dims, self.rope_theta, x.device, q.dtype, offset,
+                                      self.interleaved)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         if state is not None:
             k, v = state.extend(k, v)
         dropout = self.dropout if self.training else 0.0
-        if state is None and not self.window:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=dropout, enable_gqa=kv != h)
+        if state is None and not self.window and not self.alibi:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=dropout, scale=self.scale,
+                                               enable_gqa=kv != h)
         else:
-            # An explicit mask: queries are the last T of S positions (decoding), or a sliding window.
+            # An explicit mask: queries are the last T of S positions (decoding), a sliding window, or ALiBi.
             S = k.shape[2]
             qpos = torch.arange(T, device=x.device)[:, None] + (S - T)
             kpos = torch.arange(S, device=x.device)[None, :]
             mask = kpos <= qpos if self.causal else torch.ones(T, S, dtype=torch.bool, device=x.device)
             if self.window:
                 mask = mask & (qpos - kpos < self.window)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=kv != h)
+            if self.alibi:
+                slopes = torch.tensor(alibi_slopes(h), dtype=torch.float32, device=x.device)
+                bias = slopes[:, None, None] * (kpos - qpos).to(torch.float32)  # [h, T, S]
+                mask = bias.masked_fill(~mask, float("-inf")).to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale,
+                                               enable_gqa=kv != h)
         return self.out(y.transpose(1, 2).reshape(B, T, h * hd))
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import ir
+from ..kinds import KINDS, Args
 from . import hf_naming as H
 
 
@@ -51,7 +53,7 @@ def _key(state, key: str, prefixes, used: set) -> torch.Tensor:
     raise _Missing([candidates[0]])
 
 
-def _resolve(recipe, variables: dict, state, prefixes, used: set) -> torch.Tensor:
+def _resolve(recipe, variables: dict, state, prefixes, used: set, head_dim: int | None = None) -> torch.Tensor:
     fmt = (lambda s: s.format(**variables)) if variables else (lambda s: s)
     if isinstance(recipe, str):
         return _key(state, fmt(recipe), prefixes, used)
@@ -70,12 +72,19 @@ def _resolve(recipe, variables: dict, state, prefixes, used: set) -> torch.Tenso
                 if not parts:
                     raise
                 return torch.stack(parts)
+    if isinstance(recipe, H.PerHead):
+        tensor = _key(state, fmt(recipe.key), prefixes, used)
+        if head_dim is None or tensor.shape[0] % (recipe.parts * head_dim):
+            return tensor  # not a per-head layout of this layer: the shape check names the mismatch
+        rest = tensor.shape[1:]
+        grouped = tensor.reshape(-1, recipe.parts, head_dim, *rest)
+        return grouped.transpose(0, 1).reshape(tensor.shape)
     if isinstance(recipe, H.First):
         missing = []
         for option in recipe.options:
             trial: set = set()
             try:
-                tensor = _resolve(option, variables, state, prefixes, trial)
+                tensor = _resolve(option, variables, state, prefixes, trial, head_dim)
             except _Missing as e:
                 missing.extend(e.keys)
                 continue
@@ -85,8 +94,22 @@ def _resolve(recipe, variables: dict, state, prefixes, used: set) -> torch.Tenso
     raise TypeError(f"unknown recipe {recipe!r}")
 
 
-def _map_family(family: H.Family, names, state):
+def _head_dims(module: nn.Module) -> dict[str, int]:
+    """Parameter name -> the head_dim its layer caches (Kind.cache_shape), for the layers that have one."""
+    spec = getattr(module, "spec", None)
+    if not isinstance(spec, ir.Model):
+        return {}
+    dims = {}
+    for path, layer in ir.layers_with_paths(spec.root):
+        shape = KINDS[layer.kind].cache_shape(Args(layer.args))
+        if shape:
+            dims.update({f"{path}.{p.name}": shape[1] for p in layer.params})
+    return dims
+
+
+def _map_family(family: H.Family, names, state, head_dims: dict | None = None):
     mapped, missing, used = {}, [], set()
+    head_dims = head_dims or {}
     for name in names:
         found = H.rule_for(family, name)
         if found is None:
@@ -94,7 +117,7 @@ def _map_family(family: H.Family, names, state):
             continue
         recipe, variables = found
         try:
-            mapped[name] = _resolve(recipe, variables, state, family.prefixes, used)
+            mapped[name] = _resolve(recipe, variables, state, family.prefixes, used, head_dims.get(name))
         except _Missing as e:
             missing.append(f"{name} <- {e.keys[0]}")
     return mapped, missing, used
@@ -111,9 +134,9 @@ def load_weights(module: nn.Module, source, naming: str | None = None, strict: b
         missing = [n for n in params if n not in state]
         used = set(mapped)
     elif naming == "hf":
-        best = None
+        best, head_dims = None, _head_dims(module)
         for family in H.FAMILIES:
-            mapped, missing, used = _map_family(family, params, state)
+            mapped, missing, used = _map_family(family, params, state, head_dims)
             if best is None or len(missing) < len(best[2]):
                 best = (family.name, mapped, missing, used)
             if not missing:

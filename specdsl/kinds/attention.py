@@ -2,11 +2,25 @@
 (Shazeer 2019) variants through `kv_heads`, rotary positions (Su et al. 2021) through `rope`, and a sliding window
 (Mistral 7B) through `window`.
 
+The quirks of real families, each an argument whose default is the plain form:
+- `rotary_dims`: rotate only the first n dims of each head (GPT-NeoX and Pythia rotate 25%, `rotary_pct = 0.25` in
+  their Hugging Face configs; Phi-2 32 of 80, `partial_rotary_factor = 0.4`), the frequencies taken over n dims;
+- `rope_layout`: "half" pairs dim i with i + n/2 (GPT-NeoX, Hugging Face LLaMA's rotate_half), "interleaved" pairs
+  2i with 2i + 1 (GPT-J, Meta's LLaMA reference code, RoFormer);
+- `scale`: the factor on q·k (1/sqrt(head_dim) by default, Vaswani et al. 2017; T5 uses 1, Raffel et al. 2020);
+- `qk_norm`: RMSNorm over each head's head_dim on q and on k before rotary positions (Qwen3, Hugging Face
+  Qwen3Attention's q_norm and k_norm; OLMo-2 normalises the whole projection instead, which this is not);
+- `alibi`: attention with linear biases (Press et al. 2022), slope_h * (key position - query position) added to
+  the scores, the slopes of BLOOM and MPT (a geometric sequence from 2^(-8/n); for a head count n that is not a
+  power of two, those of the power below, then every other slope of the power above). No parameters.
+
 Parameters: one fused projection `qkv` [(heads + 2 kv_heads) head_dim, d] (nanoGPT's c_attn layout: q rows, then k,
-then v) and the output projection `out` [d, heads head_dim].
+then v), the output projection `out` [d, heads head_dim], and with qk_norm `q_norm`/`k_norm` [head_dim].
 """
 
 from __future__ import annotations
+
+import math
 
 from ..shapes import ShapeError, concrete_count, max_extent
 from .base import (
@@ -32,7 +46,8 @@ def _default_head_dim(a):
 
 class Attention(Kind):
     name = "Attention"
-    summary = "multi-head self-attention; GQA/MQA via kv_heads, rotary via rope, sliding window via window"
+    summary = ("multi-head self-attention; GQA/MQA via kv_heads, rotary via rope (partial, interleaved), sliding "
+               "window via window, q/k norms, ALiBi")
     args = (
         Arg("d", int, check=positive, doc="model width (input and output)"),
         Arg("heads", int, check=positive, doc="query heads"),
@@ -45,6 +60,17 @@ class Attention(Kind):
         Arg("out_bias", bool, lambda a: a.bias, default_doc="bias", doc="bias on the output projection"),
         Arg("rope", bool, False, doc="rotary position embedding on q and k"),
         Arg("rope_theta", float, 10000.0, check=positive, doc="rotary base frequency"),
+        Arg("rotary_dims", int, lambda a: a.head_dim, check=positive, default_doc="head_dim",
+            doc="with rope: how many dims of each head rotate, the first ones (even, at most head_dim; "
+                "GPT-NeoX: head_dim // 4)"),
+        Arg("rope_layout", str, "half", choices=("half", "interleaved"),
+            doc="with rope: dim i pairs with i + rotary_dims/2 (half: GPT-NeoX, HF LLaMA) or 2i with 2i + 1 "
+                "(interleaved: GPT-J)"),
+        Arg("scale", float, lambda a: 1 / math.sqrt(a.head_dim), check=positive, default_doc="1 / sqrt(head_dim)",
+            doc="factor on the scores q·k (T5: 1.0)"),
+        Arg("qk_norm", bool, False, doc="RMSNorm over head_dim on q and k before rope (Qwen3)"),
+        Arg("qk_norm_eps", float, 1e-6, check=positive, doc="eps of those RMSNorms"),
+        Arg("alibi", bool, False, doc="linear biases on the scores, BLOOM's and MPT's slopes (Press et al. 2022)"),
         Arg("window", int, 0, check=lambda v: non_negative(v) or int64(v),
             doc="sliding-window size; 0 means full attention"),
         Arg("dropout", float, 0.0, check=probability, doc="dropout on attention weights"),
@@ -57,10 +83,18 @@ class Attention(Kind):
         # them), while the torch module masks a full score matrix: examples keep window >= seq, so the counts of
         # the contract test (torch's FlopCounterMode) are the same work.
         Example("16, 2, head_dim = 6, causal = false, window = 5", "float[1, 5, 16]"),
+        Example('24, 2, rope = true, rotary_dims = 4, rope_layout = "interleaved", scale = 0.5',
+                "float[2, seq <= 6, 24]"),
+        Example("16, 4, kv_heads = 2, head_dim = 6, rope = true, rotary_dims = 2, qk_norm = true, qk_norm_eps = 1e-5",
+                "float[2, seq <= 5, 16]"),
+        Example("18, 3, alibi = true, bias = true, out_bias = false", "float[2, seq <= 6, 18]"),
+        Example("20, 5, alibi = true, causal = false, window = 7", "float[1, 7, 20]"),
     )
     params_doc = ("`qkv.weight [(heads + 2·kv_heads)·hd, d]`, `qkv.bias [(heads + 2·kv_heads)·hd]`, "
-                  "`out.weight [d, heads·hd]`, `out.bias [d]`")
-    shape_doc = "`float[..., seq, d]` → same; `heads % kv_heads == 0`; even `hd` with `rope`"
+                  "`out.weight [d, heads·hd]`, `out.bias [d]`; with qk_norm `q_norm.weight [hd]`, "
+                  "`k_norm.weight [hd]`")
+    shape_doc = ("`float[..., seq, d]` → same; `heads % kv_heads == 0`; with `rope` an even `rotary_dims` "
+                 "≤ `hd`")
     flops_doc = ("`(2·d·(heads + 2·kv_heads)·hd + 2·heads·hd·d + 4·T·heads·hd)·N'`, T the keys a query reads "
                  "(the sequence bound, cut by the window)")
 
@@ -72,13 +106,20 @@ class Attention(Kind):
         p["out.weight"] = (a.d, a.heads * a.head_dim)
         if a.out_bias:
             p["out.bias"] = (a.d,)
+        if a.qk_norm:
+            p["q_norm.weight"] = (a.head_dim,)
+            p["k_norm.weight"] = (a.head_dim,)
         return p
 
     def output_type(self, a, x):
         if a.heads % a.kv_heads:
             raise ShapeError(f"heads={a.heads} is not a multiple of kv_heads={a.kv_heads}")
-        if a.rope and a.head_dim % 2:
+        if a.rope and a.rotary_dims == a.head_dim and a.head_dim % 2:
             raise ShapeError(f"rotary positions need an even head_dim, got {a.head_dim}")
+        if a.rope and a.rotary_dims > a.head_dim:
+            raise ShapeError(f"rotary_dims={a.rotary_dims} is more than head_dim={a.head_dim}")
+        if a.rope and a.rotary_dims % 2:
+            raise ShapeError(f"rotary positions rotate pairs of dims: rotary_dims must be even, got {a.rotary_dims}")
         expect_float(x, self.name)
         expect_last_dim(x, a.d, f"Attention(d={a.d})")
         if x.rank < 2:
@@ -120,7 +161,15 @@ class Attention(Kind):
         if not a.causal:
             parts.append("bidirectional")
         if a.rope:
-            parts.append("rope")
+            parts.append("rope" if a.rotary_dims == a.head_dim else f"rope {a.rotary_dims}/{a.head_dim}")
+            if a.rope_layout != "half":
+                parts.append(a.rope_layout)
+        if a.qk_norm:
+            parts.append("qk_norm")
+        if a.alibi:
+            parts.append("alibi")
         if a.window:
             parts.append(f"window={a.window}")
+        if a.scale != 1 / math.sqrt(a.head_dim):
+            parts.append(f"scale={a.scale:g}")
         return f"Attention({', '.join(parts)})"

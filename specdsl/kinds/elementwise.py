@@ -1,4 +1,4 @@
-"""Parameter-free element-wise layers: dropout and activations."""
+"""Parameter-free element-wise layers: dropout, a constant scale, and activations."""
 
 from __future__ import annotations
 
@@ -25,6 +25,27 @@ class Dropout(Kind):
 
     def torch_form(self, a):
         return TorchForm("nn.Dropout", (a.p,))
+
+
+class Scale(Kind):
+    """x * factor, a constant: Gemma multiplies its token embeddings by sqrt(d) (Gemma Team 2024; Hugging Face
+    GemmaTextScaledWordEmbedding's embed_scale, hidden_size**0.5), as the original Transformer did
+    (Vaswani et al. 2017, section 3.4)."""
+
+    name = "Scale"
+    summary = "multiplies by a constant: x * factor"
+    args = (Arg("factor", float, doc="the constant, e.g. `sqrt(d)`"),)
+    examples = (Example("sqrt(12)", "float[2, 3, 12]"), Example("-0.5", "float[4, 6]"))
+
+    def output_type(self, a, x):
+        expect_float(x, self.name)
+        return x
+
+    def describe(self, a):
+        return f"Scale({a.factor:g})"
+
+    def torch_form(self, a):
+        return TorchForm("Scale", (a.factor,))
 
 
 class _Activation(Kind):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import ShapeError, TensorType, max_extent
-from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
+from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, int64, non_negative, positive
 
 
 class Embedding(Kind):
@@ -33,17 +33,20 @@ class Embedding(Kind):
 
 
 class PositionalEmbedding(Kind):
-    """Learned absolute positions, added to the input: x + weight[0:T] (GPT-1/2, BERT)."""
+    """Learned absolute positions, added to the input: x + weight[offset:offset + T] (GPT-1/2, BERT; OPT reads
+    position p at row p + 2: Hugging Face OPTLearnedPositionalEmbedding, 2,050 rows for a 2,048 context)."""
 
     name = "PositionalEmbedding"
     summary = "adds a learned position vector: [batch, seq, dim] -> same"
     args = (Arg("num", int, check=positive, doc="number of positions (the context length)"),
-            Arg("dim", int, check=positive))
+            Arg("dim", int, check=positive),
+            Arg("offset", int, 0, check=lambda v: non_negative(v) or int64(v),
+                doc="position p reads row p + offset (OPT: 2)"))
     embedding = True
     decode_state = True  # positions continue after the cached ones
-    examples = (Example("16, 8", "float[2, seq <= 16, 8]"),)
+    examples = (Example("16, 8", "float[2, seq <= 16, 8]"), Example("12, 8, offset = 2", "float[2, seq <= 10, 8]"))
     params_doc = "`weight [num, dim]` (embedding)"
-    shape_doc = "`float[..., seq, dim]` → same; `seq`'s bound ≤ `num`"
+    shape_doc = "`float[..., seq, dim]` → same; `seq`'s bound + `offset` ≤ `num`"
 
     def params(self, a):
         return {"weight": (a.num, a.dim)}
@@ -54,9 +57,14 @@ class PositionalEmbedding(Kind):
         if x.rank < 2:
             raise ShapeError(f"PositionalEmbedding expects [..., seq, {a.dim}] but got {x}")
         longest = max_extent(x.shape[-2])
-        if longest is not None and longest > a.num:
-            raise ShapeError(f"sequences of up to {longest} positions but PositionalEmbedding has only {a.num}")
+        if longest is not None and longest + a.offset > a.num:
+            rows = f"{a.num} rows from row {a.offset}" if a.offset else f"only {a.num}"
+            raise ShapeError(f"sequences of up to {longest} positions but PositionalEmbedding has {rows}")
         return x
 
+    def describe(self, a):
+        return f"PositionalEmbedding({a.num}, {a.dim}, offset={a.offset})" if a.offset else \
+            f"PositionalEmbedding({a.num}, {a.dim})"
+
     def torch_form(self, a):
-        return TorchForm("PositionalEmbedding", (a.num, a.dim))
+        return TorchForm("PositionalEmbedding", (a.num, a.dim), {"offset": a.offset} if a.offset else {})
