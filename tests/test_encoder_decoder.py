@@ -69,7 +69,7 @@ def test_cross_attention_reads_a_memory_of_its_own_length():
 def test_counts_flops_and_caches_follow_the_memory():
     c = load(SEQ2SEQ)
     a = c.analysis
-    d, heads, ffn, vocab, ctx = 16, 2, 32, 50, 12
+    d, ffn, vocab, ctx = 16, 32, 50, 12
     attn = 4 * d * d + 4 * d
     mlp = 2 * d * ffn + ffn + d
     enc_layer, dec_layer = attn + mlp + 4 * d, 2 * attn + mlp + 6 * d

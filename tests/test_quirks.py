@@ -5,10 +5,10 @@ And incremental decoding (torch_backend.Decoder, a KV cache) equals the full for
 reads positions: partial rotary, interleaved rotary, ALiBi, q/k norms, a positional embedding with an offset."""
 
 import pytest
+from test_hf_logits_parity import perturb
 
 import specdsl
 from conftest import SPECS
-from test_hf_logits_parity import perturb
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
