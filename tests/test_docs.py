@@ -23,3 +23,32 @@ def test_every_library_block_is_documented_with_its_parameters():
     rows = {m.group(1): line for line in LANGUAGE.splitlines() if (m := re.match(r"\| `(\w+)`", line))}
     missing = {name: params for name, params in blocks.items() if f" | `{params}` | " not in rows.get(name, "")}
     assert not missing, "docs/language.md's table of library blocks differs from specs/std"
+
+
+def fenced_models(text: str):
+    """(line, body, the fenced block after it) of every fenced example that defines a model."""
+    found = list(re.finditer(r"```(\w*)\n(.*?)```", text, re.S))
+    for i, m in enumerate(found):
+        body = m.group(2)
+        if m.group(1) in ("", "spec") and re.search(r"^model \w+ \{", body, re.M) and "..." not in body:
+            after = found[i + 1].group(2) if i + 1 < len(found) else ""
+            yield text[:m.start()].count("\n") + 2, body, after
+
+
+def test_every_spec_example_in_the_docs_compiles_or_fails_as_shown():
+    """An example compiles; one the docs show failing fails with the errors they show, at the lines they show."""
+    import specdsl
+    from specdsl.errors import SpecError
+    checked = 0
+    for doc in ("README.md", "docs/language.md"):
+        for line, body, after in fenced_models((ROOT / doc).read_text(encoding="utf-8")):
+            shown = re.findall(r"^\S+?:(\d+:\d+: error: .*)$", after, re.M) if "error:" in after else []
+            sets = {k: int(v) for k, v in re.findall(r"--set (\w+)=(\d+)", after)} if shown else {}
+            try:
+                specdsl.loads(body, name=str(SPECS / "example.spec"), overrides=sets)  # `use` finds specs/std
+                assert not shown, f"{doc}:{line}: the docs show this example failing, but it compiles"
+            except SpecError as e:
+                assert shown, f"{doc}:{line}: a docs example does not compile:\n{e}"
+                assert all(s in str(e) for s in shown), f"{doc}:{line}: the docs show other errors than:\n{e}"
+            checked += 1
+    assert checked >= 10
