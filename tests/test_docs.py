@@ -30,7 +30,7 @@ def fenced_models(text: str):
     found = list(re.finditer(r"```(\w*)\n(.*?)```", text, re.S))
     for i, m in enumerate(found):
         body = m.group(2)
-        if m.group(1) in ("", "spec") and re.search(r"^model \w+ \{", body, re.M) and "..." not in body:
+        if m.group(1) in ("", "spec") and re.search(r"^model [a-z]\w* \{", body, re.M):  # not a template (NAME)
             after = found[i + 1].group(2) if i + 1 < len(found) else ""
             yield text[:m.start()].count("\n") + 2, body, after
 
