@@ -9,11 +9,26 @@ The core (parse, elaborate, IR, analysis) imports neither torch nor onnx.
 
 from __future__ import annotations
 
-from .analysis import Analysis
-from .compiled import Compiled, load, loads
-from .errors import Span, SpecError
-from .ir import Model
+import importlib
+
 from .version import __version__
+
+# Names the package re-exports, imported on first use (PEP 562): `import specdsl.cli` for `specc --help` then
+# costs nothing of the compiler, while `specdsl.load(...)` and `from specdsl import Compiled` work as ever.
+_LAZY = {"Analysis": "analysis", "Compiled": "compiled", "load": "compiled", "loads": "compiled",
+         "Span": "errors", "SpecError": "errors", "Model": "ir"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'specdsl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = ["load", "loads", "to_torch", "load_weights", "emit_torch", "Compiled", "SpecError", "Span", "Model",
            "Analysis", "__version__"]
@@ -36,4 +51,5 @@ def load_weights(module, source, naming: str | None = None, strict: bool = True)
 def emit_torch(compiled) -> str:
     """A standalone PyTorch file (no import of specdsl) that builds the same module, with the same names."""
     from .backends.emit_torch import emit_torch as _emit
+    from .compiled import Compiled
     return _emit(compiled.model if isinstance(compiled, Compiled) else compiled)

@@ -11,10 +11,9 @@ from typing import Optional
 
 import typer
 
-from . import __version__
 from .context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES
 from .errors import SpecError
-from .kinds.base import KindError
+from .version import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="specc: compile declarative model specs to exact counts, PyTorch and ONNX.")
@@ -244,8 +243,6 @@ def run() -> None:
         torch_first = "install PyTorch first (pip install torch; see README), then " if e.name == "torch" else ""
         _exit(EXIT_FAILURE, f"error: this command needs {e.name}, which is not installed\n"
                             f"hint: {torch_first}pip install 'specdsl[{extra}]'")
-    except KindError as e:  # an installed package's kinds do not load: not specc's bug, and not the spec's
-        _exit(EXIT_FAILURE, f"error: {e}\nhint: fix or uninstall that package")
     except MemoryError:
         _exit(EXIT_FAILURE, "error: out of memory\nhint: a smaller model (--set), batch or input")
     except OSError as e:  # said in one line: a path the user gave (exit 2), or the machine's trouble (a full disk)
@@ -256,6 +253,9 @@ def run() -> None:
     except Exception as e:
         if _debug:
             raise
+        kinds = sys.modules.get("specdsl.kinds.base")  # loaded if a kind can have failed: --help never loads it
+        if kinds is not None and isinstance(e, kinds.KindError):  # another package's kinds: not specc's bug
+            _exit(EXIT_FAILURE, f"error: {e}\nhint: fix or uninstall that package")
         first = (str(e).strip().splitlines() or [""])[0][:300]
         _exit(EXIT_FAILURE, f"specc: internal error: {type(e).__name__}: {first}\nhint: this is a bug in specc; "
                             "rerun with `specc --debug ...` for the traceback and report it")

@@ -90,3 +90,17 @@ def test_backends_know_nothing_of_training_or_the_command_line():
     wrong = {m: sorted(i for i in edges[m] if i.startswith(("specdsl.train", "specdsl.cli", "specdsl.commands",
                                                              "specdsl.launch"))) for m in backends}
     assert not {m: i for m, i in wrong.items() if i}
+
+
+def test_help_imports_nothing_of_the_compiler():
+    """`specc --help` needs the command line and nothing else: not the parser, the kinds or the analysis (the
+    package's names load on first use), let alone torch or numpy."""
+    import subprocess
+    import sys
+    code = ("import sys\nsys.argv = ['specc', '--help']\nfrom specdsl.cli import run\ntry:\n    run()\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = ('lark', 'specdsl.parse', 'specdsl.kinds', 'specdsl.analysis', 'specdsl.elaborate', 'torch', "
+            "'numpy', 'onnx')\nprint(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
