@@ -325,7 +325,7 @@ def _eps(kind: str, *names: str) -> Check:
 
 def _act_check(*names: str, default=SKIP) -> Check:
     return Check("MLP activation", ("MLP", "GatedMLP", "MoE"), "act", cfg(*names, default=default, convert=_act),
-                 'act = "{value}" on the MLP (a block\'s `act` argument)')
+                 'act = {value} on the MLP (a block\'s `act` argument)')
 
 
 _THETA = cfg("rope_parameters.rope_theta", "rope_theta", "rotary_emb_base", default=10000.0)
@@ -333,7 +333,7 @@ _NO_ALIBI = Check("ALiBi", ("Attention",), "alibi", const(False), "alibi = false
 _NO_SCALE = Check("a constant scale (Gemma's embeddings times sqrt(d))", ("Scale",), None, const(False),
                   "remove the Scale layer (the checkpoint's model does not scale)")
 _ROPE_TYPE = Check("rotary scaling (rope_type)", ("Attention",), None,
-                   cfg("rope_parameters.rope_type", "rope_scaling.rope_type", "rope_scaling.type", default="default",
+                   cfg("rope_parameters.rope_type", "rope_scaling.rope_type", "rope_scaling.type", default=True,
                        convert=lambda t: True if t == "default" else f"rope_type {t!r} (specc has plain rotary only)"),
                    "no specc spec reproduces this rotary scaling: the checkpoint cannot be loaded faithfully")
 

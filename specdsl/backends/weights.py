@@ -253,7 +253,7 @@ def _same(a, b, tol: float) -> bool:
 def _show(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
-    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+    return f'"{value}"' if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check_architecture(spec: ir.Model, family: H.Family, model_type: str, config: dict) -> list[str]:
@@ -341,7 +341,7 @@ def load_weights(module: nn.Module, source, naming: str | None = None, strict: b
                     f"no family reads model_type {stated!r} (config.json): the families and their model_types are "
                     f"{_families_text()}. Closest by name: {', '.join(near) or 'none'}; by the weights' keys: "
                     f"{_closest_text(fits, len(params))}. If one of them has this checkpoint's names and "
-                    "architecture, pass family=NAME (no architecture check is then made)")
+                    "architecture, pass family=NAME (a model_type also checks the config as that model_type's)")
             if found is not None:
                 if chosen is not None and found[0] is not chosen:
                     raise WeightsError(f"family='{choice}' but the checkpoint's config.json says model_type "
