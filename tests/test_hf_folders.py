@@ -209,3 +209,24 @@ def test_config_argument_checks_a_state_dict(llama_folder):
     module = module_for("gemma.spec", {**LLAMA, "head_dim": 8})
     with pytest.raises(ArchitectureError, match="kv_heads|unit_offset"):
         specdsl.load_weights(module, model.state_dict(), config=model.config)
+
+
+def _all_parity_cases():
+    import test_hf_logits_parity as parity
+    import test_quirks as quirks
+    for spec, preset, sizes, build in parity.CASES:
+        yield pytest.param(lambda s=spec, p=preset, o=sizes: specdsl.load(SPECS / s, preset=p, overrides=o), sizes,
+                           build, id=f"{spec.split('.')[0]}-{preset or 'default'}-{sizes['d']}")
+    for text, sizes, build, _ in quirks.CASES:
+        yield pytest.param(lambda t=text, o=sizes, b=build: specdsl.loads(t, name=f"{b.__name__}.spec", overrides=o),
+                           sizes, build, id=f"{build.__name__}-{sizes['d']}")
+
+
+@pytest.mark.parametrize("compile_spec,sizes,build", list(_all_parity_cases()))
+def test_every_parity_case_passes_its_config_checks(compile_spec, sizes, build):
+    """No false refusal: each family's checks accept the configs whose logits the parity tests match."""
+    torch.manual_seed(0)
+    reference = build(sizes)
+    module = specdsl.to_torch(compile_spec())
+    report = specdsl.load_weights(module, reference.state_dict(), config=reference.config)
+    assert report["model_type"] == reference.config.model_type and report["checked"]
