@@ -42,10 +42,13 @@ def to_torch(compiled, device="cpu", dtype=None):
     return _to_torch(compiled, device=device, dtype=dtype or torch.float32)
 
 
-def load_weights(module, source, naming: str | None = None, strict: bool = True) -> dict:
-    """Copy a state dict or .safetensors weights into a compiled module; naming="hf" maps Hugging Face names."""
+def load_weights(module, source, naming: str | None = None, strict: bool = True, *, family: str | None = None,
+                 config=None) -> dict:
+    """Copy a state dict, a weights file or a Hugging Face checkpoint folder into a compiled module: the family of
+    names from the folder's config.json or family= (naming= is its old name), the config's architecture checked
+    against the spec (backends/weights.py)."""
     from .backends.weights import load_weights as _load_weights
-    return _load_weights(module, source, naming=naming, strict=strict)
+    return _load_weights(module, source, naming=naming, strict=strict, family=family, config=config)
 
 
 def emit_torch(compiled) -> str:

@@ -9,12 +9,19 @@ per-expert w1/w2/w3 as `save_pretrained` writes them), `First` takes the first w
 A family also names the Hugging Face `model_type`s (config.json) whose checkpoints it reads: Gemma's and Qwen2's
 names are LLaMA's (their quirks, GemmaRMSNorm's 1 + w and Qwen2's q/k/v biases, live in the spec, not in the names),
 so one table serves them.
+
+Names alone cannot tell those model_types apart, so each family also declares, per model_type, the architecture facts
+a checkpoint's config.json states that the compiled spec must declare the same (`Check`): Gemma's RMSNorm scales by
+(1 + w) and its embeddings by sqrt(d), LLaMA's do neither; heads, rotary width and base, ALiBi, activation, norm
+epsilon... load_weights refuses a checkpoint whose config disagrees with the spec, naming each difference.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,63 @@ class First:
     options: tuple
 
 
+SKIP = object()  # what an expectation returns when the config does not state the fact: nothing to check
+
+
+def cfg(*names: str, default=SKIP, convert: Callable | None = None) -> Callable[[dict], object]:
+    """The first of config.json's `names` (a dotted name reads a nested dict: "rope_parameters.rope_theta") that is
+    present and not null, converted; `default` when none is."""
+    def expect(config: dict):
+        for name in names:
+            value = config
+            for part in name.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                return convert(value) if convert else value
+        return default
+    expect.fields = names
+    return expect
+
+
+def const(value) -> Callable[[dict], object]:
+    """A fact the model_type implies whatever its config says (GemmaRMSNorm's 1 + w)."""
+    def expect(config: dict):
+        return value
+    expect.fields = ()
+    return expect
+
+
+# Hugging Face activation names (ACT2FN) -> specc's `act` values; one specc lacks maps to a value no spec declares.
+HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                  "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu", "tanh": "tanh"}
+
+
+def _act(name: str) -> str:
+    return HF_ACTIVATIONS.get(name, f"{name} (not a specc activation)")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One architecture fact: what the checkpoint's config states (`expect(config)`, SKIP when it states nothing)
+    must equal `arg` of every layer of the spec whose kind is in `kinds` (floats within a relative `tol`). `arg`
+    None compares whether the spec has such a layer at all (True/False). A spec with no such layer is not checked
+    against an `arg` (a fact of a layer it lacks is no difference; the names report a missing layer). `fix` says
+    what to change ({value}: the checkpoint's value)."""
+    what: str
+    kinds: tuple[str, ...]
+    arg: str | None
+    expect: Callable[[dict], object]
+    fix: str
+    tol: float = 0.0
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
     prefixes: tuple[str, ...]
     rules: dict
     model_types: tuple[str, ...] = ()  # the config.json `model_type`s whose checkpoints these names read
+    checks: dict = field(default_factory=dict)  # model_type -> its Checks (CHECKS below)
 
 
 def _attn_qkv(p: str, w: str) -> Cat:
@@ -254,7 +312,141 @@ BLOOM = Family("bloom", ("transformer.", ""), model_types=("bloom",), rules={
     "lm_head.weight": "^lm_head.weight",
 })
 
+# -- Architecture checks per model_type: the config.json fields that must agree with the spec's layers. ----------
+
+def _heads(field_name: str) -> Check:
+    return Check("attention heads", ("Attention",), "heads", cfg(field_name),
+                 "--set heads={value} (the q/k/v shapes are the same for any number of heads)")
+
+
+def _eps(kind: str, *names: str) -> Check:
+    return Check(f"{kind} epsilon", (kind,), "eps", cfg(*names), "--set eps={value}", tol=1e-6)
+
+
+def _act_check(*names: str, default=SKIP) -> Check:
+    return Check("MLP activation", ("MLP", "GatedMLP", "MoE"), "act", cfg(*names, default=default, convert=_act),
+                 'act = {value} on the MLP (a block\'s `act` argument)')
+
+
+_THETA = cfg("rope_parameters.rope_theta", "rope_theta", "rotary_emb_base", default=10000.0)
+_NO_ALIBI = Check("ALiBi", ("Attention",), "alibi", const(False), "alibi = false on Attention")
+_NO_SCALE = Check("a constant scale (Gemma's embeddings times sqrt(d))", ("Scale",), None, const(False),
+                  "remove the Scale layer (the checkpoint's model does not scale)")
+_ROPE_TYPE = Check("rotary scaling (rope_type)", ("Attention",), None,
+                   cfg("rope_parameters.rope_type", "rope_scaling.rope_type", "rope_scaling.type", default=True,
+                       convert=lambda t: True if t == "default" else f"rope_type {t!r} (specc has plain rotary only)"),
+                   "no specc spec reproduces this rotary scaling: the checkpoint cannot be loaded faithfully")
+
+
+def _llama_like(unit_offset: bool, qk_norm: bool = False, bias=None, scale: bool = False, window=None) -> tuple:
+    return (
+        Check("RMSNorm weight offset (Gemma's RMSNorm scales by 1 + weight)", ("RMSNorm",), "unit_offset",
+              const(unit_offset), "unit_offset = {value} on every RMSNorm (llama_block(..., unit_offset = {value}))"
+              + (": specs/gemma.spec" if unit_offset else ": specs/llama.spec")),
+        _eps("RMSNorm", "rms_norm_eps"),
+        _heads("num_attention_heads"),
+        Check("key/value heads", ("Attention",), "kv_heads", cfg("num_key_value_heads", "num_attention_heads"),
+              "--set kv_heads={value}"),
+        Check("head width", ("Attention",), "head_dim", cfg("head_dim"), "--set head_dim={value}"),
+        Check("rotary positions", ("Attention",), "rope", const(True), "rope = true on Attention"),
+        Check("rotary base", ("Attention",), "rope_theta", _THETA, "--set rope_theta={value}", tol=1e-6),
+        _ROPE_TYPE,
+        Check("q/k/v bias", ("Attention",), "bias", bias or cfg("attention_bias", default=False),
+              "bias = {value} on Attention"),
+        Check("q/k RMSNorm (Qwen3)", ("Attention",), "qk_norm", const(qk_norm), "qk_norm = {value} on Attention"),
+        Check("sliding window", ("Attention",), "window", window or const(0), "--set window={value}"),
+        _NO_ALIBI,
+        _act_check("hidden_activation", "hidden_act", default="silu"),
+        *((Check("embeddings scaled by sqrt(d)", ("Scale",), None, const(True),
+                 "`-> Scale(sqrt(d))` after the token embedding (specs/gemma.spec)"),
+           Check("the embedding scale sqrt(hidden_size)", ("Scale",), "factor",
+                 cfg("hidden_size", convert=math.sqrt), "Scale(sqrt(d)) with d = hidden_size", tol=1e-6))
+          if scale else (_NO_SCALE,)),
+    )
+
+
+_MISTRAL_WINDOW = cfg("sliding_window", default=0)
+_QWEN_WINDOW = lambda c: (c.get("sliding_window") or 0) if c.get("use_sliding_window") else 0  # noqa: E731
+
+LLAMA = replace(LLAMA, checks={
+    "llama": _llama_like(False),
+    "mistral": _llama_like(False, window=_MISTRAL_WINDOW),
+    "qwen2": _llama_like(False, bias=const(True), window=_QWEN_WINDOW),
+    "qwen3": _llama_like(False, qk_norm=True, window=_QWEN_WINDOW),
+    "gemma": _llama_like(True, scale=True),
+})
+MIXTRAL = replace(MIXTRAL, checks={"mixtral": (
+    *_llama_like(False, window=_MISTRAL_WINDOW),
+    Check("experts", ("MoE",), "experts", cfg("num_local_experts"), "--set experts={value}"),
+    Check("experts per token", ("MoE",), "top_k", cfg("num_experts_per_tok"), "--set top_k={value}"),
+)})
+
+_LN_ABSOLUTE = (Check("rotary positions", ("Attention",), "rope", const(False), "rope = false on Attention"),
+                _NO_ALIBI, _NO_SCALE)
+GPT2 = replace(GPT2, checks={"gpt2": (
+    _heads("n_head"), _eps("LayerNorm", "layer_norm_epsilon"), _act_check("activation_function"), *_LN_ABSOLUTE,
+    Check("position offset", ("PositionalEmbedding",), "offset", const(0), "offset = 0 on PositionalEmbedding"))})
+GPT1 = replace(GPT1, checks={"openai-gpt": (
+    _heads("n_head"), _eps("LayerNorm", "layer_norm_epsilon"), _act_check("afn"), *_LN_ABSOLUTE)})
+BERT = replace(BERT, checks={"bert": (
+    _heads("num_attention_heads"), _eps("LayerNorm", "layer_norm_eps"), _act_check("hidden_act"), *_LN_ABSOLUTE)})
+ALBERT = replace(ALBERT, checks={"albert": (
+    _heads("num_attention_heads"), _eps("LayerNorm", "layer_norm_eps"), _act_check("hidden_act"), *_LN_ABSOLUTE)})
+
+
+def _rotary_dims(*factor: str) -> Callable[[dict], object]:
+    def expect(config: dict):
+        f = cfg(*factor)(config)
+        if f is SKIP or not config.get("hidden_size") or not config.get("num_attention_heads"):
+            return SKIP
+        return int(config["hidden_size"] // config["num_attention_heads"] * f)
+    expect.fields = factor
+    return expect
+
+
+_ROTARY = ("rope_parameters.partial_rotary_factor", "partial_rotary_factor", "rotary_pct")
+_PARTIAL = (Check("rotary positions", ("Attention",), "rope", const(True), "rope = true on Attention"),
+            Check("rotary base", ("Attention",), "rope_theta", _THETA, "--set rope_theta={value}", tol=1e-6),
+            Check("rotary width per head", ("Attention",), "rotary_dims", _rotary_dims(*_ROTARY),
+                  "--set rotary_dims={value}"),
+            _ROPE_TYPE, _NO_ALIBI, _NO_SCALE)
+PHI = replace(PHI, checks={"phi": (
+    _heads("num_attention_heads"), _eps("LayerNorm", "layer_norm_eps"), _act_check("hidden_act"), *_PARTIAL,
+    Check("q/k LayerNorm", ("Attention",), "qk_norm", cfg("qk_layernorm", default=False),
+          "specc has no q/k LayerNorm: a Phi checkpoint with qk_layernorm cannot be loaded"))})
+GPT_NEOX = replace(GPT_NEOX, checks={"gpt_neox": (
+    _heads("num_attention_heads"), _eps("LayerNorm", "layer_norm_eps"), _act_check("hidden_act"), *_PARTIAL)})
+OPT = replace(OPT, checks={"opt": (
+    _heads("num_attention_heads"), _act_check("activation_function"), *_LN_ABSOLUTE,
+    Check("position offset (OPT's learned positions start at row 2)", ("PositionalEmbedding",), "offset",
+          const(2), "offset = 2 on PositionalEmbedding (specs/opt.spec)"))})
+GPTJ = replace(GPTJ, checks={"gptj": (
+    _heads("n_head"), _eps("LayerNorm", "layer_norm_epsilon"), _act_check("activation_function"),
+    Check("rotary width per head", ("Attention",), "rotary_dims", cfg("rotary_dim"), "--set rotary_dims={value}"),
+    Check("rotary layout (GPT-J rotates interleaved pairs)", ("Attention",), "rope_layout", const("interleaved"),
+          'rope_layout = "interleaved" on Attention'), _NO_ALIBI, _NO_SCALE)})
+BLOOM = replace(BLOOM, checks={"bloom": (
+    _heads("n_head"), _eps("LayerNorm", "layer_norm_epsilon"),
+    Check("ALiBi", ("Attention",), "alibi", const(True), "alibi = true on Attention (gpt_block(..., alibi = true))"),
+    Check("rotary positions", ("Attention",), "rope", const(False), "rope = false on Attention"), _NO_SCALE)})
+
 FAMILIES = (GPT2, GPT1, LLAMA, MIXTRAL, BERT, ALBERT, PHI, GPT_NEOX, OPT, GPTJ, BLOOM)
+MODEL_TYPES = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def family_for_config(config: dict) -> tuple[Family, str] | None:
+    """The family and model_type of a config.json: its `model_type`, or when it has none, its `architectures`
+    (LlamaForCausalLM -> llama: a model_type followed by For..., LMHead... or Model)."""
+    model_type = config.get("model_type")
+    if model_type:
+        return (MODEL_TYPES[model_type], model_type) if model_type in MODEL_TYPES else None
+    for arch in config.get("architectures") or ():
+        low = arch.lower()
+        for t, f in MODEL_TYPES.items():
+            stem = t.replace("_", "").replace("-", "")
+            if low.startswith(stem) and low[len(stem):].startswith(("for", "lmhead", "model")):
+                return f, t
+    return None
 
 
 def _compile(template: str) -> re.Pattern:
