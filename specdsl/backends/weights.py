@@ -294,6 +294,38 @@ def check_architecture(spec: ir.Model, family: H.Family, model_type: str, config
     return checked
 
 
+def _map_names(choice: str, config: dict | None, params: dict, state: dict, head_dims: dict):
+    """(family name, model_type, mapped, missing, used): the family `choice` names, else the one config.json's
+    model_type names (refusing a contradiction, or a model_type no family reads), else the family whose names
+    explain every parameter ("hf" without a config)."""
+    if choice == "specc":
+        mapped = {n: state[n] for n in params if n in state}
+        return "specc", None, mapped, [n for n in params if n not in state], set(mapped)
+    chosen, model_type = _family_by_name(choice) if choice not in (None, "hf") else (None, None)
+    if config is not None:
+        found = H.family_for_config(config)
+        stated = config.get("model_type") or config.get("architectures")
+        if found is None and chosen is None:
+            fits = _ranked(params, state, head_dims)
+            near = difflib.get_close_matches(str(config.get("model_type", "")), list(H.MODEL_TYPES), n=3,
+                                             cutoff=0.5)
+            raise WeightsError(
+                f"no family reads model_type {stated!r} (config.json): the families and their model_types are "
+                f"{_families_text()}. Closest by name: {', '.join(near) or 'none'}; by the weights' keys: "
+                f"{_closest_text(fits, len(params))}. If one of them has this checkpoint's names and "
+                "architecture, pass family=NAME (a model_type also checks the config as that model_type's)")
+        if found is not None:
+            if chosen is not None and found[0] is not chosen:
+                raise WeightsError(f"family='{choice}' but the checkpoint's config.json says model_type "
+                                   f"'{found[1]}' (family {found[0].name}): those names are not {chosen.name}'s")
+            chosen, model_type = found
+    if chosen is None:  # "hf" without a config: the family whose names explain every parameter
+        _, family_name, mapped, missing, used = _ranked(params, state, head_dims)[0]
+        return family_name, None, mapped, missing, used
+    mapped, missing, used = _map_family(chosen, params, state, head_dims)
+    return chosen.name, model_type, mapped, missing, used
+
+
 def load_weights(module: nn.Module, source, naming: str | None = None, strict: bool = True, *,
                  family: str | None = None, config=None) -> dict:
     """Copy weights into `module` (a compiled spec) from a state dict, a weights file or a Hugging Face checkpoint
@@ -316,42 +348,12 @@ def load_weights(module: nn.Module, source, naming: str | None = None, strict: b
     params = dict(module.named_parameters())
     spec = getattr(module, "spec", None)
     head_dims = _head_dims(module)
-    model_type = None
     if choice is None and config is None:
         if is_folder:
             raise WeightsError(f"{os.fspath(source)} has no config.json to say which model it holds: pass "
                                f"family= (one of {_families_text()}), or 'specc' for specc's own names")
         choice = "specc"
-    if choice == "specc":
-        family_name, mapped = "specc", {n: state[n] for n in params if n in state}
-        missing = [n for n in params if n not in state]
-        used = set(mapped)
-    else:
-        chosen = None
-        if choice not in (None, "hf"):
-            chosen, model_type = _family_by_name(choice)
-        if config is not None:
-            found = H.family_for_config(config)
-            stated = config.get("model_type") or config.get("architectures")
-            if found is None and chosen is None:
-                fits = _ranked(params, state, head_dims)
-                near = difflib.get_close_matches(str(config.get("model_type", "")), list(H.MODEL_TYPES), n=3,
-                                                 cutoff=0.5)
-                raise WeightsError(
-                    f"no family reads model_type {stated!r} (config.json): the families and their model_types are "
-                    f"{_families_text()}. Closest by name: {', '.join(near) or 'none'}; by the weights' keys: "
-                    f"{_closest_text(fits, len(params))}. If one of them has this checkpoint's names and "
-                    "architecture, pass family=NAME (a model_type also checks the config as that model_type's)")
-            if found is not None:
-                if chosen is not None and found[0] is not chosen:
-                    raise WeightsError(f"family='{choice}' but the checkpoint's config.json says model_type "
-                                       f"'{found[1]}' (family {found[0].name}): those names are not {chosen.name}'s")
-                chosen, model_type = found
-        if chosen is None:  # "hf" without a config: the family whose names explain every parameter
-            _, family_name, mapped, missing, used = _ranked(params, state, head_dims)[0]
-        else:
-            family_name = chosen.name
-            mapped, missing, used = _map_family(chosen, params, state, head_dims)
+    family_name, model_type, mapped, missing, used = _map_names(choice, config, params, state, head_dims)
     checked = []
     if model_type is not None and isinstance(spec, ir.Model):
         checked = check_architecture(spec, H.MODEL_TYPES[model_type], model_type, config or {})
