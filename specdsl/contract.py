@@ -79,7 +79,7 @@ def contract(model: ir.Model) -> Contract:
 
 def is_encoder_decoder(model: ir.Model) -> bool:
     """Some layer reads a tensor besides its piped input (a kind's tensor argument: cross-attention's memory)."""
-    return any(KINDS[layer.kind].tensor_args() for layer, _ in ir.applications(model.root))
+    return any(KINDS[layer.kind].given_tensor_args(Args(layer.args)) for layer, _ in ir.applications(model.root))
 
 
 NOT_YET_ENCODER_DECODER = "is not yet supported for encoder-decoder models"
@@ -87,7 +87,8 @@ NOT_YET_ENCODER_DECODER = "is not yet supported for encoder-decoder models"
 
 def refuse_encoder_decoder(model: ir.Model, what: str) -> None:
     """A located SpecError when `what` (training, sampling, ONNX export) meets a model with cross-attention."""
-    layer = next((layer for layer, _ in ir.applications(model.root) if KINDS[layer.kind].tensor_args()), None)
+    layer = next((layer for layer, _ in ir.applications(model.root)
+                  if KINDS[layer.kind].given_tensor_args(Args(layer.args))), None)
     if layer is not None:
         raise SpecError(f"{what} {NOT_YET_ENCODER_DECODER} (model '{model.name}' reads a second tensor: "
                         f"{layer.kind} '{layer.name}')", layer.span,

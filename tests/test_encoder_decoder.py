@@ -249,3 +249,116 @@ def test_onnx_export_and_incremental_decoding_refuse_an_encoder_decoder(tmp_path
     with pytest.raises(SpecError, match="ONNX export is not yet supported for encoder-decoder models"):
         export(c, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- T5 (specs/t5.spec) against Hugging Face
+
+
+def _t5_config(**kw):
+    return transformers.T5Config(dropout_rate=0.0, **kw)
+
+
+@pytest.mark.parametrize("preset,config,total", [
+    ("small", {}, 60_506_624),
+    ("base", dict(d_model=768, num_layers=12, num_heads=12, d_ff=3072), 222_903_552)])
+def test_t5_counts_equal_hugging_face(preset, config, total):
+    """T5ForConditionalGeneration from T5Config on the meta device (T5Config's defaults are t5-small's)."""
+    with torch.device("meta"):
+        hf = transformers.T5ForConditionalGeneration(_t5_config(**config))
+    assert sum(p.numel() for p in hf.parameters()) == total
+    assert specdsl.load(SPECS / "t5.spec", preset=preset).analysis.total == total
+
+
+def test_t5_v1_1_count():
+    """T5 v1.1 small: Hugging Face transformers 5 ties lm_head to the shared embedding for every T5 config (the
+    T5Config comment: "we tie weights always"); the v1.1 checkpoints carry an lm_head of their own, which the spec
+    (tied = false) counts: HF's figure plus vocab x d."""
+    config = _t5_config(d_model=512, num_layers=8, num_heads=6, d_ff=1024, feed_forward_proj="gated-gelu",
+                        tie_word_embeddings=False)
+    with torch.device("meta"):
+        hf = transformers.T5ForConditionalGeneration(config)
+    assert specdsl.load(SPECS / "t5.spec", preset="v1_1-small").analysis.total == \
+        sum(p.numel() for p in hf.parameters()) + 32128 * 512 == 76_961_152
+
+
+@pytest.mark.parametrize("bidirectional,buckets,max_distance", [(True, 32, 128), (False, 32, 128), (True, 8, 20),
+                                                                 (False, 6, 9)])
+def test_relative_position_buckets_equal_t5s(bidirectional, buckets, max_distance):
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    from specdsl.backends.torch_modules import relative_position_bucket
+    relative = torch.arange(-300, 301)[None, :] - torch.arange(0, 5)[:, None]
+    expected = T5Attention._relative_position_bucket(relative, bidirectional, buckets, max_distance)
+    assert torch.equal(relative_position_bucket(relative, bidirectional, buckets, max_distance), expected)
+
+
+def _t5_state_dict(hf, layers, dec_layers, gated, tied):
+    """The spec's parameters from HF T5's, by an explicit map (q, k, v fused into qkv; k, v into kv)."""
+    sd = hf.state_dict()
+    mlp = (("mlp.gate", "wi_0"), ("mlp.up", "wi_1"), ("mlp.down", "wo")) if gated else \
+        (("mlp.fc", "wi"), ("mlp.proj", "wo"))
+    out = {"embed.weight": sd["shared.weight"], "tgt_embed.weight": sd["shared.weight"],
+           "enc_rel.weight": sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
+           "dec_rel.weight": sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
+           "enc_norm.weight": sd["encoder.final_layer_norm.weight"],
+           "dec_norm.weight": sd["decoder.final_layer_norm.weight"],
+           "lm_head.weight": sd["shared.weight"] if tied else sd["lm_head.weight"]}
+    for stack, n in (("encoder", layers), ("decoder", dec_layers)):
+        ff = 1 if stack == "encoder" else 2
+        for i in range(n):
+            hf_, us = f"{stack}.block.{i}.layer", f"{stack}.{i}"
+            att = f"{hf_}.0.SelfAttention"
+            out[f"{us}.ln_1.weight"] = sd[f"{hf_}.0.layer_norm.weight"]
+            out[f"{us}.attn.qkv.weight"] = torch.cat([sd[f"{att}.{w}.weight"] for w in "qkv"])
+            out[f"{us}.attn.out.weight"] = sd[f"{att}.o.weight"]
+            if stack == "decoder":
+                cross = f"{hf_}.1.EncDecAttention"
+                out[f"{us}.ln_2.weight"] = sd[f"{hf_}.1.layer_norm.weight"]
+                out[f"{us}.cross.q.weight"] = sd[f"{cross}.q.weight"]
+                out[f"{us}.cross.kv.weight"] = torch.cat([sd[f"{cross}.{w}.weight"] for w in "kv"])
+                out[f"{us}.cross.out.weight"] = sd[f"{cross}.o.weight"]
+            out[f"{us}.ln_{ff + 1}.weight"] = sd[f"{hf_}.{ff}.layer_norm.weight"]
+            dense = "DenseReluDense"
+            for ours, theirs in mlp:
+                out[f"{us}.{ours}.weight"] = sd[f"{hf_}.{ff}.{dense}.{theirs}.weight"]
+    return out
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_t5_logits_equal_hugging_face(gated):
+    """specs/t5.spec at a tiny size against T5ForConditionalGeneration, every parameter perturbed, fp32: the
+    encoder's output, the decoder's and the logits (original T5: tied, d^-0.5; v1.1: gated-gelu, untied)."""
+    d, heads, head_dim, ffn, layers, dec_layers, vocab = 16, 2, 6, 24, 2, 3, 40
+    tied = not gated
+    config = _t5_config(vocab_size=vocab, d_model=d, d_kv=head_dim, d_ff=ffn, num_layers=layers,
+                        num_decoder_layers=dec_layers, num_heads=heads, relative_attention_num_buckets=8,
+                        relative_attention_max_distance=12, tie_word_embeddings=tied,
+                        feed_forward_proj="gated-gelu" if gated else "relu")
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.T5ForConditionalGeneration(config).eval()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+        if not tied:  # transformers 5 ties lm_head for every T5; an lm_head of its own, as v1.1 checkpoints
+            hf.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, d, generator=gen) * 0.3)
+    c = specdsl.load(SPECS / "t5.spec", overrides=dict(
+        vocab=vocab, ctx=20, d=d, heads=heads, head_dim=head_dim, ffn=ffn, layers=layers, dec_layers=dec_layers,
+        buckets=8, max_distance=12, dropout=0.0, gated=gated, act="gelu_tanh" if gated else "relu", tied=tied))
+    module = specdsl.to_torch(c).eval()
+    module.load_state_dict(_t5_state_dict(hf, layers, dec_layers, gated, tied))
+    assert sum(p.numel() for p in module.parameters()) == c.analysis.total
+    src, tgt = inputs(vocab=vocab, src=17, tgt=15)  # longer than max_distance: every bucket is read
+    with torch.no_grad():
+        expected = hf(input_ids=src, decoder_input_ids=tgt, output_hidden_states=True)
+        captured = {}
+        hooks = [getattr(module, name).register_forward_hook(lambda m, i, o, name=name: captured.setdefault(name, o))
+                 for name in ("enc_norm", "dec_norm")]
+        got = module(src, tgt)
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(captured["enc_norm"], expected.encoder_last_hidden_state, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(captured["dec_norm"], expected.decoder_hidden_states[-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, expected.logits, rtol=1e-5, atol=1e-5)
+    _same_when_ejected(c, module, (src, tgt))

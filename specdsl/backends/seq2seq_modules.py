@@ -13,9 +13,10 @@ class CrossAttention(nn.Module):
     mask; GQA/MQA through kv_heads (SDPA's enable_gqa)."""
 
     def __init__(self, d: int, heads: int, kv_heads: int, head_dim: int, memory_dim: int, bias: bool = False,
-                 out_bias: bool = False, dropout: float = 0.0):
+                 out_bias: bool = False, dropout: float = 0.0, scale: float | None = None):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim, self.dropout = heads, kv_heads, head_dim, dropout
+        self.scale = scale  # the factor on q·k; None: 1/sqrt(head_dim) (T5: 1.0)
         self.q = nn.Linear(d, heads * head_dim, bias=bias)
         self.kv = nn.Linear(memory_dim, 2 * kv_heads * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, d, bias=out_bias)
@@ -29,7 +30,7 @@ class CrossAttention(nn.Module):
         k = k.view(B, S, kv, hd).transpose(1, 2)
         v = v.view(B, S, kv, hd).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=kv != h)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale, enable_gqa=kv != h)
         return self.out(y.transpose(1, 2).reshape(B, T, h * hd))
 
 

@@ -95,6 +95,44 @@ def alibi_slopes(heads: int) -> list[float]:
     return slopes + extra[:heads - power]
 
 
+def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, buckets: int,
+                             max_distance: int) -> torch.Tensor:
+    """The bucket of each distance key - query (int64), as Hugging Face T5Attention's _relative_position_bucket
+    (Mesh TensorFlow): exact buckets for small distances, logarithmic ones up to max_distance, then the last."""
+    out = torch.zeros_like(relative)
+    if bidirectional:
+        buckets //= 2
+        out = out + (relative > 0).to(torch.long) * buckets
+        relative = relative.abs()
+    else:
+        relative = -torch.clamp(relative, max=0)
+    exact = buckets // 2
+    large = exact + (torch.log(relative.float() / exact) / math.log(max_distance / exact)
+                     * (buckets - exact)).to(torch.long)
+    large = torch.clamp(large, max=buckets - 1)
+    return out + torch.where(relative < exact, relative, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's relative position bias (Raffel et al. 2020): x [..., T, width] -> [1, heads, T, T], weight[bucket(key -
+    query)] per head. While decoding, the T queries follow the cached positions: [1, heads, T, cached + T]."""
+
+    def __init__(self, heads: int, buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
+        super().__init__()
+        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
+        self.weight = nn.Parameter(torch.empty(buckets, heads))
+        nn.init.normal_(self.weight, std=0.02)
+        self.decode: DecodeState | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[-2]
+        offset = self.decode.offset if self.decode is not None else 0
+        query = torch.arange(offset, offset + T, device=x.device)[:, None]
+        key = torch.arange(offset + T, device=x.device)[None, :]
+        bucket = relative_position_bucket(key - query, self.bidirectional, self.buckets, self.max_distance)
+        return F.embedding(bucket, self.weight).permute(2, 0, 1).unsqueeze(0)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused q/k/v projection; GQA/MQA through kv_heads (no copies of k and v:
     SDPA's enable_gqa), rotary positions (all or the first rotary_dims of each head, half or interleaved pairs),
@@ -124,9 +162,10 @@ class Attention(nn.Module):
             return apply_rotary(x, cos, sin, self.interleaved)
         return torch.cat((apply_rotary(x[..., :n], cos, sin, self.interleaved), x[..., n:]), dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, d] -> [B, T, d]. While `self.decode` holds a DecodeState (incremental decoding), the keys and
-        values of earlier positions come from it and this call's are appended to it."""
+    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, d] -> [B, T, d]; position_bias [1 or B, heads, T, S] is added to the scores (T5). While
+        `self.decode` holds a DecodeState (incremental decoding), the keys and values of earlier positions come
+        from it and this call's are appended to it (S = cached + T)."""
         B, T, _ = x.shape
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
         q, k, v = self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1)
@@ -144,11 +183,12 @@ class Attention(nn.Module):
         if state is not None:
             k, v = state.extend(k, v)
         dropout = self.dropout if self.training else 0.0
-        if state is None and not self.window and not self.alibi:
+        if state is None and not self.window and not self.alibi and position_bias is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=dropout, scale=self.scale,
                                                enable_gqa=kv != h)
         else:
-            # An explicit mask: queries are the last T of S positions (decoding), a sliding window, or ALiBi.
+            # An explicit mask: queries are the last T of S positions (decoding), a sliding window, ALiBi, or a
+            # position bias.
             S = k.shape[2]
             qpos = torch.arange(T, device=x.device)[:, None] + (S - T)
             kpos = torch.arange(S, device=x.device)[None, :]
@@ -159,6 +199,12 @@ class Attention(nn.Module):
                 slopes = torch.tensor(alibi_slopes(h), dtype=torch.float32, device=x.device)
                 bias = slopes[:, None, None] * (kpos - qpos).to(torch.float32)  # [h, T, S]
                 mask = bias.masked_fill(~mask, float("-inf")).to(q.dtype)
+            if position_bias is not None:
+                if mask.dtype == torch.bool:
+                    mask = position_bias.masked_fill(~mask, float("-inf"))
+                else:
+                    mask = mask + position_bias
+                mask = mask.to(q.dtype)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale,
                                                enable_gqa=kv != h)
         return self.out(y.transpose(1, 2).reshape(B, T, h * hd))

@@ -122,7 +122,12 @@ class Layers(ElaborationState):
 
     def _tensor_arg(self, stage: S.LayerCall, kind: Kind, name: str, bound: dict, scope: Scope,
                     builder: ModuleBuilder, tensors: list[str]):
-        """A tensor argument (`memory = enc`): a tensor value in scope, read by the layer beside its piped input."""
+        """A tensor argument (`memory = enc`): a tensor value in scope, read by the layer beside its piped input.
+        An optional one (declared with the default None, Attention's `position_bias`) left out is None, and the
+        layer's call passes nothing for it: only the last tensor arguments of a kind may be optional."""
+        arg = next(arg for arg in kind.args if arg.name == name)
+        if name not in bound and arg.default is None:
+            return None
         if name not in bound:
             self.fail(f"{kind.name} needs argument '{name}', a tensor", stage.span,
                       hint=f"name a tensor in scope: {kind.name}(..., {name} = enc)")

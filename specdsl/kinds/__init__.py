@@ -10,7 +10,7 @@ from __future__ import annotations
 # Each import registers its module's kinds, in this order: the order of the docs' reference and of did-you-mean.
 # isort: off
 from . import embedding, linear, norm, elementwise, attention, mlp, conv  # noqa: F401
-from . import cross_attention, sinusoidal  # noqa: F401
+from . import cross_attention, sinusoidal, relative_position  # noqa: F401
 # isort: on
 from .base import REGISTRY, REQUIRED, Arg, Args, Example, Kind, KindError, TorchForm
 from .elementwise import ACTIVATIONS

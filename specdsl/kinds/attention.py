@@ -10,6 +10,8 @@ The quirks of real families, each an argument whose default is the plain form:
 - `scale`: the factor on q·k (1/sqrt(head_dim) by default, Vaswani et al. 2017; T5 uses 1, Raffel et al. 2020);
 - `qk_norm`: RMSNorm over each head's head_dim on q and on k before rotary positions (Qwen3, Hugging Face
   Qwen3Attention's q_norm and k_norm; OLMo-2 normalises the whole projection instead, which this is not);
+- `position_bias`: a tensor added to the scores before softmax, [1 or batch, heads, seq, seq]: T5's relative
+  position bias (RelativePositionBias, Raffel et al. 2020), computed once by a stack and shared by its layers;
 - `alibi`: attention with linear biases (Press et al. 2022), slope_h * (key position - query position) added to
   the scores, the slopes of BLOOM and MPT (a geometric sequence from 2^(-8/n); for a head count n that is not a
   power of two, those of the power below, then every other slope of the power above). No parameters.
@@ -74,6 +76,9 @@ class Attention(Kind):
         Arg("window", int, 0, check=lambda v: non_negative(v) or int64(v),
             doc="sliding-window size; 0 means full attention"),
         Arg("dropout", float, 0.0, check=probability, doc="dropout on attention weights"),
+        Arg("position_bias", "tensor", None, default_doc="none",
+            doc="a tensor added to the scores before softmax, `[1 or batch, heads, seq, seq]`: T5's relative "
+                "position bias (RelativePositionBias), computed once and shared by a stack"),
     )
     decode_state = True  # keys and values of earlier positions come from the cache
     examples = (
@@ -89,6 +94,11 @@ class Attention(Kind):
                 "float[2, seq <= 5, 16]"),
         Example("18, 3, alibi = true, bias = true, out_bias = false", "float[2, seq <= 6, 18]"),
         Example("20, 5, alibi = true, causal = false, window = 7", "float[1, 7, 20]"),
+        # T5: no 1/sqrt(head_dim), a relative position bias shared by the stack
+        Example("16, 4, scale = 1.0, position_bias = pb", "float[2, seq <= 6, 16]",
+                (("pb", "float[1, 4, seq <= 6, seq <= 6]"),)),
+        Example("16, 2, head_dim = 4, causal = false, position_bias = pb", "float[batch, 5, 16]",
+                (("pb", "float[batch, 2, 5, 5]"),)),
     )
     params_doc = ("`qkv.weight [(heads + 2·kv_heads)·hd, d]`, `qkv.bias [(heads + 2·kv_heads)·hd]`, "
                   "`out.weight [d, heads·hd]`, `out.bias [d]`; with qk_norm `q_norm.weight [hd]`, "
@@ -124,6 +134,13 @@ class Attention(Kind):
         expect_last_dim(x, a.d, f"Attention(d={a.d})")
         if x.rank < 2:
             raise ShapeError(f"Attention expects [..., seq, {a.d}] but got {x}")
+        pb = a.get("position_bias")
+        if pb is not None:
+            seq = x.shape[-2]
+            if (x.rank != 3 or pb.rank != 4 or pb.dtype != "float" or pb.shape[1] != a.heads
+                    or pb.shape[2:] != (seq, seq) or pb.shape[0] not in (1, x.shape[0])):
+                raise ShapeError(f"Attention's position_bias must be float[1 or batch, {a.heads}, seq, seq] for "
+                                 f"the input {x}, but got {pb}")
         return x
 
     def context(self, a, x) -> int | None:
@@ -144,7 +161,7 @@ class Attention(Kind):
         return (proj + 4 * T * a.heads * hd) * tokens
 
     def torch_form(self, a):
-        return TorchForm("Attention", (), dict(a))
+        return TorchForm("Attention", (), {k: v for k, v in a.items() if k != "position_bias"})
 
     def cache_shape(self, a):
         return (a.kv_heads, a.head_dim)
@@ -170,6 +187,8 @@ class Attention(Kind):
             parts.append("alibi")
         if a.window:
             parts.append(f"window={a.window}")
+        if a.get("position_bias") is not None:
+            parts.append("position_bias")
         if a.scale != 1 / math.sqrt(a.head_dim):
             parts.append(f"scale={a.scale:g}")
         return f"Attention({', '.join(parts)})"

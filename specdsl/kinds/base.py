@@ -70,7 +70,9 @@ class Example:
 class Arg:
     """One argument of a kind. `type` is int, float, bool, str, or "tensor": a tensor value in scope that the layer
     reads beside its piped input (cross-attention's `memory = enc`); the kind's methods see its TensorType, the
-    torch module receives the tensor as a further argument of forward, after the piped one, in declaration order."""
+    torch module receives the tensor as a further argument of forward, after the piped one, in declaration order.
+    A tensor argument with the default None is optional (Attention's `position_bias`): left out, the methods see
+    None and forward gets nothing for it (its parameter's default, None); at most one, the last."""
 
     name: str
     type: Any
@@ -180,6 +182,15 @@ class Kind:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("name"):
+            tensors = [arg for arg in cls.args if arg.type == "tensor"]
+            optional = [arg for arg in tensors if arg.default is None]
+            if len(optional) > 1 or (optional and tensors[-1] is not optional[0]):
+                # the call passes the tensors given, in order, as forward's positional arguments: one left out
+                # must be the last
+                raise KindError(f"{cls.name}: at most one optional tensor argument (default None), after the "
+                                f"required ones")
+            if any(arg.default not in (None, REQUIRED) for arg in tensors):
+                raise KindError(f"{cls.name}: a tensor argument's default is None (optional) or none (required)")
             REGISTRY.register(cls())
 
     # ---- declarations read by the analysis ----
@@ -233,6 +244,10 @@ class Kind:
     def tensor_args(self) -> tuple[str, ...]:
         """The names of the tensor arguments, in the order the torch module's forward takes them after its input."""
         return tuple(arg.name for arg in self.args if arg.type == "tensor")
+
+    def given_tensor_args(self, a: Args) -> tuple[str, ...]:
+        """The tensor arguments this call was given (an optional one left out is None): those the layer reads."""
+        return tuple(name for name in self.tensor_args() if a.get(name) is not None)
 
     def describe(self, a: Args) -> str:
         shown = [str(a[arg.name]) for arg in self.args if arg.default is REQUIRED and arg.type != "tensor"]

@@ -9,6 +9,8 @@ output projection `out` [d, heads head_dim]. There is no causal mask: every quer
 
 from __future__ import annotations
 
+import math
+
 from ..shapes import ShapeError, concrete_count, format_shape, max_extent
 from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive, probability
 
@@ -41,6 +43,8 @@ class CrossAttention(Kind):
         Arg("bias", bool, False, doc="bias on the q and k, v projections"),
         Arg("out_bias", bool, lambda a: a.bias, default_doc="bias", doc="bias on the output projection"),
         Arg("dropout", float, 0.0, check=probability, doc="dropout on attention weights"),
+        Arg("scale", float, lambda a: 1 / math.sqrt(a.head_dim), check=positive, default_doc="1 / sqrt(head_dim)",
+            doc="factor on the scores q·k (T5: 1.0)"),
     )
     absent_args = {
         "causal": "cross-attention reads every position of its memory, so it has no causal mask; the decoder's "
@@ -52,6 +56,7 @@ class CrossAttention(Kind):
         Example("16, 4, memory = mem", "float[2, 3, 16]", (("mem", "float[2, 5, 16]"),)),
         Example("16, 4, memory = mem, kv_heads = 2, memory_dim = 12, bias = true", "float[batch, 4, 16]",
                 (("mem", "float[batch, 6, 12]"),)),
+        Example("16, 2, memory = mem, head_dim = 4, scale = 1.0", "float[2, 3, 16]", (("mem", "float[2, 5, 16]"),)),
     )
     params_doc = ("`q.weight [heads·hd, d]`, `kv.weight [2·kv_heads·hd, memory_dim]`, `out.weight [d, heads·hd]`; "
                   "with bias `q.bias`, `kv.bias`, and `out.bias [d]` with out_bias")
@@ -112,8 +117,11 @@ class CrossAttention(Kind):
         return (a.kv_heads, a.head_dim)
 
     def torch_form(self, a):
-        return TorchForm("specdsl.backends.seq2seq_modules:CrossAttention", (),
-                         {k: v for k, v in a.items() if k != "memory"})
+        # scale only where it is not the default: the forms of earlier specs stay as they were
+        kwargs = {k: v for k, v in a.items() if k != "memory" and k != "scale"}
+        if a.scale != 1 / math.sqrt(a.head_dim):
+            kwargs["scale"] = a.scale
+        return TorchForm("specdsl.backends.seq2seq_modules:CrossAttention", (), kwargs)
 
     def describe(self, a):
         parts = [f"d={a.d}", f"heads={a.heads}"]
@@ -123,4 +131,6 @@ class CrossAttention(Kind):
             parts.append(f"head_dim={a.head_dim}")
         if a.memory_dim != a.d:
             parts.append(f"memory_dim={a.memory_dim}")
+        if a.scale != 1 / math.sqrt(a.head_dim):
+            parts.append(f"scale={a.scale:g}")
         return f"CrossAttention({', '.join(parts)})"
