@@ -52,3 +52,8 @@ def test_every_spec_example_in_the_docs_compiles_or_fails_as_shown():
                 assert all(s in str(e) for s in shown), f"{doc}:{line}: the docs show other errors than:\n{e}"
             checked += 1
     assert checked >= 10
+
+
+def test_every_zoo_spec_has_a_row_in_the_readme():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert [p.name for p in sorted(SPECS.glob("*.spec")) if f"| `{p.name}` |" not in readme] == []
