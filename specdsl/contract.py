@@ -27,7 +27,7 @@ class Contract:
     context: int | None  # the longest sequence it takes: a fixed length, or the bound of `seq <= ctx`
     cache: tuple[tuple[int, int], ...]  # (kv_heads, head_dim) of every attention application, in the order they run
     # Some layer reads a second tensor besides its piped one (cross-attention reading an encoder's output): an
-    # encoder-decoder. Training, sampling, generation and ONNX export do not take one yet.
+    # encoder-decoder. Training and sampling take one with a source and a target (below); ONNX export not yet.
     encoder_decoder: bool = False
     # (kv_heads, head_dim) of every cross-attention application, in the order they run: cached per memory position
     memory_cache: tuple[tuple[int, int], ...] = ()
@@ -131,8 +131,9 @@ def refuse_encoder_decoder(model: ir.Model, what: str) -> None:
     if layer is not None:
         raise SpecError(f"{what} {NOT_YET_ENCODER_DECODER} (model '{model.name}' reads a second tensor: "
                         f"{layer.kind} '{layer.name}')", layer.span,
-                        hint="specc compile counts it, to_torch and --emit-torch build it; ONNX export, training "
-                             "and generation of encoder-decoders are later steps")
+                        hint="specc compile counts it, to_torch and --emit-torch build it, specc train and sample "
+                             "take one with a source and a target of token ids; ONNX export of encoder-decoders is "
+                             "a later step")
 
 
 def is_language_model(model: ir.Model) -> bool:
