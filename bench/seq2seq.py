@@ -62,6 +62,9 @@ def train_and_score(compiled, task, config: TrainConfig) -> dict:
         torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0:
+            print(f"  step {step + 1}  loss {loss.item():.4f}  {time.perf_counter() - started:.1f} s", file=sys.stderr,
+                  flush=True)
     seconds = time.perf_counter() - started
     return {"params": compiled.analysis.total, "seconds": seconds, "loss": loss.item(),
             "exact": exact_match(task, module, "test")}
