@@ -11,11 +11,13 @@ from typing import Iterable, Iterator
 @dataclass(frozen=True)
 class Tokenizer:
     """`char`: the sorted characters of the data (nanoGPT's shakespeare_char); `byte`: the 256 byte values.
-    `mask`: one more id after the data's, [MASK], for masked-language-model training (BERT)."""
+    `mask`: one more id after the data's, [MASK], for masked-language-model training (BERT). `bos_eos`: two more
+    ids after those, [BOS] and [EOS], that start and end a target sequence (sequence-to-sequence training)."""
 
     kind: str
     chars: str = ""
     mask: bool = False
+    bos_eos: bool = False
 
     @classmethod
     def fit(cls, kind: str, text: str, mask: bool = False) -> Tokenizer:
@@ -32,11 +34,19 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.data_size + self.mask
+        return self.data_size + self.mask + 2 * self.bos_eos
 
     @property
     def mask_id(self) -> int | None:
         return self.data_size if self.mask else None
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.data_size + self.mask if self.bos_eos else None
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.data_size + self.mask + 1 if self.bos_eos else None
 
     def encode(self, text: str) -> list[int]:
         if self.kind == "byte":
@@ -58,8 +68,9 @@ class Tokenizer:
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for i in ids:
             i = int(i)
-            if i == self.mask_id:
-                piece = utf8.decode(b"", final=True) + "[MASK]"
+            if i in (self.mask_id, self.bos_id, self.eos_id):
+                name = "[MASK]" if i == self.mask_id else "[BOS]" if i == self.bos_id else "[EOS]"
+                piece = utf8.decode(b"", final=True) + name
             elif not 0 <= i < self.data_size:
                 raise ValueError(f"token id {i} is outside the tokenizer's {self.data_size} ids")
             else:
@@ -71,16 +82,17 @@ class Tokenizer:
             yield tail
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "chars": self.chars, **({"mask": True} if self.mask else {})}
+        return {"kind": self.kind, "chars": self.chars, **({"mask": True} if self.mask else {}),
+                **({"bos_eos": True} if self.bos_eos else {})}
 
     @classmethod
     def from_json(cls, data) -> Tokenizer:
         """The tokenizer a run or an exported file describes; ValueError when the description is not one."""
         if not isinstance(data, dict) or data.get("kind") not in ("char", "byte"):
             raise ValueError("not a tokenizer: expected {\"kind\": \"char\" or \"byte\", ...}")
-        chars, mask = data.get("chars", ""), data.get("mask", False)
-        if not isinstance(chars, str) or not isinstance(mask, bool):
-            raise ValueError("not a tokenizer: its chars must be a string and its mask true or false")
+        chars, mask, bos_eos = data.get("chars", ""), data.get("mask", False), data.get("bos_eos", False)
+        if not isinstance(chars, str) or not isinstance(mask, bool) or not isinstance(bos_eos, bool):
+            raise ValueError("not a tokenizer: its chars must be a string and its mask and bos_eos true or false")
         if data["kind"] == "char" and not chars:
             raise ValueError("not a tokenizer: a char tokenizer needs its characters")
-        return cls(data["kind"], chars if data["kind"] == "char" else "", mask)
+        return cls(data["kind"], chars if data["kind"] == "char" else "", mask, bos_eos)

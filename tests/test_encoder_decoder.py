@@ -2,7 +2,7 @@
 two token inputs, and everything that follows for them: the IR's dataflow (a module's captured inputs), counts
 against Hugging Face (BART built from a config object), logits of CrossAttention against BART's cross-attention
 with perturbed weights, the torch module against the ejected one, the contract, and the clear refusals of what
-is not yet supported (ONNX export, training, sampling, incremental decoding)."""
+is not yet supported (ONNX export). Training, sampling and incremental decoding: tests/test_seq2seq.py."""
 
 from __future__ import annotations
 
@@ -238,12 +238,12 @@ model m {{
 # ---------------------------------------------------------------- what is not yet supported
 
 
-def test_onnx_export_and_incremental_decoding_refuse_an_encoder_decoder(tmp_path):
+def test_onnx_export_refuses_an_encoder_decoder_and_decoder_points_to_seq2seq_decoder(tmp_path):
     c = load(SEQ2SEQ)
     from specdsl.backends.torch_backend import Decoder
-    with pytest.raises(SpecError, match="incremental decoding is not yet supported for encoder-decoder models") as e:
+    with pytest.raises(SpecError, match="Decoder decodes decoder-only models") as e:
         Decoder(specdsl.to_torch(c))
-    assert e.value.errors[0].span.line > 0  # at the cross-attention
+    assert e.value.errors[0].span.line > 0 and "Seq2SeqDecoder" in e.value.errors[0].hint
     pytest.importorskip("onnx")
     from specdsl.backends.onnx_export import export
     with pytest.raises(SpecError, match="ONNX export is not yet supported for encoder-decoder models"):

@@ -20,15 +20,25 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(d, heads * head_dim, bias=bias)
         self.kv = nn.Linear(memory_dim, 2 * kv_heads * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, d, bias=out_bias)
+        # While decoding incrementally: a state whose `memory_kv(compute)` gives this application's keys and values
+        # of the memory, computed by `compute` at the first step and cached after (the memory is then not read).
+        self.decode = None
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, kv_heads, S, head_dim] of the memory."""
+        B, S, _ = memory.shape
+        kv, hd = self.kv_heads, self.head_dim
+        k, v = self.kv(memory).split((kv * hd, kv * hd), dim=-1)
+        return k.view(B, S, kv, hd).transpose(1, 2), v.view(B, S, kv, hd).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
-        S = memory.shape[1]
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
         q = self.q(x).view(B, T, h, hd).transpose(1, 2)
-        k, v = self.kv(memory).split((kv * hd, kv * hd), dim=-1)
-        k = k.view(B, S, kv, hd).transpose(1, 2)
-        v = v.view(B, S, kv, hd).transpose(1, 2)
+        if self.decode is not None:
+            k, v = self.decode.memory_kv(lambda: self.memory_kv(memory))
+        else:
+            k, v = self.memory_kv(memory)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale, enable_gqa=kv != h)
         return self.out(y.transpose(1, 2).reshape(B, T, h * hd))

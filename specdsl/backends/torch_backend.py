@@ -36,9 +36,13 @@ class GraphModule(nn.Module):
         self._inputs = module.inputs
         self._outputs = module.outputs
 
-    def run(self, values: dict):
+    def run(self, values: dict, skip: frozenset = frozenset()):
+        """The ops in order over `values` (refs to tensors); those whose result is in `skip` are not run, their
+        result None (an encoder's, while decoding reads its cached keys and values instead)."""
         for op, args, out, target in self._ops:
-            if op == "call":  # the piped tensor, then any the callee reads beside it (encoder memory)
+            if out in skip:
+                values[out] = None
+            elif op == "call":  # the piped tensor, then any the callee reads beside it (encoder memory)
                 values[out] = self._modules[target](*(values[a] for a in args))
             else:
                 a, b = (values[v] if isinstance(v, str) else v for v in args)
@@ -264,11 +268,14 @@ def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = tor
 
 class Decoder(nn.Module):
     """Incremental decoding: `decoder(tokens, *past) -> (logits, *present)`, with past and present the keys and
-    values of every attention application, [batch, kv_heads, positions, head_dim] each, k then v."""
+    values of every attention application, [batch, kv_heads, positions, head_dim] each, k then v. An
+    encoder-decoder decodes with Seq2SeqDecoder."""
 
     def __init__(self, module: SpecModule):
         super().__init__()
-        refuse_encoder_decoder(module.spec, "incremental decoding")
+        if contract(module.spec).encoder_decoder:
+            raise SpecError(f"Decoder decodes decoder-only models; model '{module.spec.name}' is an "
+                            "encoder-decoder", module.spec.root.span, hint="decode it with Seq2SeqDecoder")
         self.model = module
         self.slots = contract(module.spec).cache
         self._stateful = layer_modules(module, lambda kind: kind.decode_state)
@@ -286,3 +293,95 @@ class Decoder(nn.Module):
             for m in self._stateful:
                 m.decode = None
         return (logits, *[t for kv in state.present for t in kv])
+
+
+class Seq2SeqState(DecodeState):
+    """A DecodeState that also holds the memory's keys and values of every cross-attention application (empty
+    [B, kv_heads, 0, head_dim] at the first step: computed then, from the encoder's output)."""
+
+    def __init__(self, past, memory_past):
+        super().__init__(past)
+        self.memory_past, self.memory_present, self.memory_index = memory_past, [], 0
+
+    def memory_kv(self, compute):
+        k, v = self.memory_past[self.memory_index]
+        self.memory_index += 1
+        if k.shape[2] == 0:
+            k, v = compute()
+        self.memory_present.append((k, v))
+        return k, v
+
+
+class Seq2SeqDecoder(nn.Module):
+    """Incremental decoding of a sequence-to-sequence model (contract: source, target):
+    `decoder(src, tgt, *self_past, *memory_past) -> (logits, *self_present, *memory_present)`. Self-attention of
+    the decoder caches its keys and values per target token as Decoder does; cross-attention caches the memory's
+    once, at the first step (give empty ones: `empty_cache`). After it, the encoder is not run (`src` is not read)
+    when the encoder's values reach the decoder only as cross-attention memory; otherwise it runs every step."""
+
+    def __init__(self, module: SpecModule):
+        super().__init__()
+        facts = contract(module.spec)
+        if facts.source is None:
+            refuse_encoder_decoder(module.spec, "incremental decoding of this encoder-decoder (not one source "
+                                                "and one target of token ids)")
+        self.model, self.facts = module, facts
+        model = module.spec
+        target_len = next(i for i in model.inputs if i.name == facts.target).type.shape[-1]
+        found: dict[int, nn.Module] = {}
+        for path, layer in ir.layers_with_paths(model.root):
+            if KINDS[layer.kind].decode_state and target_len in layer.input.shape:  # the decoder's side only
+                m = module.get_submodule(path)
+                found.setdefault(id(m), m)
+        self._stateful = list(found.values())
+        self._encoder = _encoder_refs(model.root, facts.source)
+
+    def empty_cache(self, batch: int = 1, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:
+        return [torch.zeros(batch, kv, 0, hd, dtype=dtype, device=device)
+                for kv, hd in (*self.facts.cache, *self.facts.memory_cache) for _ in (0, 1)]
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, *past: torch.Tensor):
+        n = len(self.facts.cache)
+        state = Seq2SeqState([(past[2 * i], past[2 * i + 1]) for i in range(n)],
+                             [(past[2 * i], past[2 * i + 1]) for i in range(n, n + len(self.facts.memory_cache))])
+        cached = bool(state.memory_past) and state.memory_past[0][0].shape[2] > 0
+        for m in self._stateful:
+            m.decode = state
+        try:
+            values = self.model.run({self.facts.source: src, self.facts.target: tgt},
+                                    skip=self._encoder if cached else frozenset())
+            logits = values[self.model._outputs[0]]
+        finally:
+            for m in self._stateful:
+                m.decode = None
+        return (logits, *[t for kv in (*state.present, *state.memory_present) for t in kv])
+
+
+def _encoder_refs(root: ir.Module, source: str) -> frozenset:
+    """The refs of the root's ops computed from the source alone (the encoder), when every one of them that the
+    rest reads is read only as a layer's tensor argument (cross-attention's memory, cached while decoding);
+    else none (the encoder then runs every step)."""
+    refs, computed = {source}, set()
+    for op in root.ops:
+        if all(a in refs for a in op.args if isinstance(a, str)):
+            refs.add(op.out)
+            computed.add(op.out)
+    def memory_only(module: ir.Module, ref: str, through: set) -> bool:
+        if ref in module.outputs:
+            return False
+        for op in module.ops:
+            if op.out in through:
+                continue
+            for i, a in enumerate(op.args):
+                if a != ref:
+                    continue
+                if op.op != "call" or i == 0:
+                    return False
+                child = {c.name: c for c in module.children}[op.target]
+                if isinstance(child, ir.Module) and not memory_only(child, child.inputs[i], set()):
+                    return False
+        return True
+
+    read = {a for op in root.ops if op.out not in computed for a in op.args if isinstance(a, str)} & refs
+    ok = all(memory_only(root, ref, computed) for ref in read) and not (refs & set(root.outputs))
+    return frozenset(computed) if ok else frozenset()

@@ -39,9 +39,18 @@ def stream(prompt: str, tokens, tokenizer) -> None:
 
 def sample_command(run_dir: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
                    seed: int, overflow: str) -> None:
-    from ..train.sample import generate, load_run
+    from ..contract import contract
+    from ..train.sample import generate, load_run, translate
     module, tokenizer, ctx = load_run(run_dir)
     ids = prompt_ids(tokenizer, prompt)
+    facts = contract(module.spec)
+    if facts.source is not None:  # a sequence-to-sequence model: the prompt is the source; print its target
+        if facts.source_context is not None and len(ids) > facts.source_context:
+            raise SpecError(f"the prompt is {len(ids)} tokens; the model's source takes at most "
+                            f"{facts.source_context}", Span("--prompt", 0, 0))
+        stream("", translate(module, ids, tokenizer.bos_id, tokenizer.eos_id, max_new_tokens, temperature, top_k,
+                             seed, vocab=tokenizer.vocab_size), tokenizer)
+        return
     stream(prompt, generate(module, ids, max_new_tokens, ctx, temperature, top_k, seed, overflow,
                             vocab=tokenizer.data_size), tokenizer)
 

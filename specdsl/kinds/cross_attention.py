@@ -29,6 +29,7 @@ def _tokens(t) -> int:
 
 class CrossAttention(Kind):
     name = "CrossAttention"
+    decode_state = True  # while decoding, the memory's keys and values come from the cache after the first step
     summary = ("multi-head attention from the input (queries) to `memory` (keys and values), another tensor of its "
                "own length: a decoder reading its encoder")
     args = (

@@ -33,7 +33,7 @@ from ..text import printable
 from . import checkpoint, report, rundir
 from .data import TokenData
 from .session import Session, follow, prepare, start
-from .tasks import Classification, language_task
+from .tasks import Classification, Seq2Seq, language_task
 
 
 def _decay_groups(module, model: ir.Model, weight_decay: float):
@@ -173,7 +173,7 @@ class Trainer:
 
     session: Session
     run: rundir.RunDir
-    task: Any  # tasks.LanguageModelling, MaskedLanguageModelling or Classification
+    task: Any  # tasks.LanguageModelling, MaskedLanguageModelling, Seq2Seq or Classification
     module: torch.nn.Module
     stepped: torch.nn.Module  # what a step runs: the module, or its DDP/FSDP wrapper with several processes
     optimizer: torch.optim.Optimizer
@@ -207,7 +207,9 @@ class Trainer:
     def build(cls, session: Session, run: rundir.RunDir, console, rank: int, world: int) -> Trainer:
         """The task, the optimizer and the batch generator around the session's module."""
         compiled, config, tokenizer = session.compiled, session.config, session.tokenizer
-        if tokenizer is not None:
+        if session.pairs is not None:
+            task = Seq2Seq(session.pairs)
+        elif tokenizer is not None:
             data = TokenData(run.path / rundir.DATA, tokenizer)
             task = language_task(data, tokenizer, contract(compiled.model).context)
         else:

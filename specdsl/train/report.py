@@ -48,9 +48,11 @@ def print_settings(console, session, world: int) -> None:
         table.add_row("--set", Text(printable(", ".join(f"{k}={v}" for k, v in session.record["overrides"].items()))))
     if tokenizer:
         table.add_row("vocabulary", f"{tokenizer.vocab_size} ({tokenizer.kind}" + (" + [MASK]" if tokenizer.mask
-                                                                                   else "") + ")")
+                                                                                   else "")
+                      + (" + [BOS], [EOS]" if tokenizer.bos_eos else "") + ")")
         table.add_row("objective", "masked tokens (15%: 80% [MASK], 10% random, 10% kept; BERT)" if tokenizer.mask
-                      else "next token")
+                      else "target tokens given the source (teacher forcing): reverse a string of letters"
+                      if session.pairs is not None else "next token")
     table.add_row("processes", str(world))
     table.add_row("run directory", Text(printable(str(session.out))))
     console.print(table)

@@ -1,4 +1,5 @@
-"""`specc sample`: text from a trained run with PyTorch (temperature 0 is greedy)."""
+"""`specc sample`: text from a trained run with PyTorch (temperature 0 is greedy): a language model continues the
+prompt; a sequence-to-sequence model takes it as the source and decodes its target (`translate`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Iterator
 
 import torch
 
-from ..backends.torch_backend import Decoder, to_torch
+from ..backends.torch_backend import Decoder, Seq2SeqDecoder, to_torch
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..contract import contract, refuse_encoder_decoder
 from ..errors import Span, SpecError
@@ -15,14 +16,16 @@ from . import checkpoint, rundir
 
 
 def load_run(run_dir: str | Path, which: str = "best"):
-    """(module in eval mode, tokenizer, context) of a run directory; `which` is best or last."""
+    """(module in eval mode, tokenizer, context) of a run directory; `which` is best or last. The context is the
+    target's for a sequence-to-sequence model (module.spec's contract says which it is)."""
     run = rundir.open_existing(run_dir)
     where = Span(str(run.path), 0, 0)
     folder = run.complete(which) or run.complete("last")
     if folder is None:
         raise SpecError(f"no complete checkpoint in '{run.path}'", where, hint="train it (or --resume it) first")
     compiled, record = rundir.compile_run(run)
-    refuse_encoder_decoder(compiled.model, "sampling")
+    if contract(compiled.model).encoder_decoder and contract(compiled.model).source is None:
+        refuse_encoder_decoder(compiled.model, "sampling")
     if record["tokenizer"] is None:
         raise SpecError(f"'{run.path}' holds a classifier: there is no text to sample", where)
     tokenizer = run.tokenizer()
@@ -75,3 +78,32 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
         moved, start = start, window_start(start, len(ids), ctx, overflow)
         if start != moved:  # new positions for every token: the cache is stale
             past = None
+
+
+@torch.no_grad()
+def translate(module, source_ids: list[int], bos: int, eos: int, max_new_tokens: int, temperature: float = 1.0,
+              top_k: int | None = None, seed: int = 0, cache: bool = True, vocab: int | None = None) -> Iterator[int]:
+    """Yield the target of a sequence-to-sequence model for `source_ids`, token by token, from [BOS] until it
+    chooses [EOS] (not yielded), max_new_tokens, or the target's context. With `cache`, the decoder's keys and
+    values are kept and the memory's computed once (Seq2SeqDecoder); without, every token is a full forward pass
+    of source and target, the reference the tests hold the cache to. `vocab`: the model's ids the tokenizer
+    knows; [BOS] is never chosen."""
+    facts = contract(module.spec)
+    generator = torch.Generator().manual_seed(seed)
+    src = torch.tensor([source_ids], dtype=torch.long)
+    ids = [bos]
+    decoder = Seq2SeqDecoder(module) if cache else None
+    past = decoder.empty_cache(1) if decoder is not None else None
+    for _ in range(min(max_new_tokens, facts.context)):
+        if decoder is None:
+            logits = module(src, torch.tensor([ids], dtype=torch.long))
+            logits = logits[0] if isinstance(logits, tuple) else logits
+        else:
+            logits, *past = decoder(src, torch.tensor([ids[-1:]], dtype=torch.long), *past)
+        scores = logits[0, -1, :vocab].float().clone()
+        scores[bos] = float("-inf")
+        token = next_token(scores, temperature, top_k, generator)
+        if token == eos:
+            return
+        ids.append(token)
+        yield token

@@ -16,13 +16,14 @@ import torch
 from .. import ir
 from ..backends.torch_backend import to_torch
 from ..compiled import context_hyperparameter, load, vocabulary_hyperparameter
-from ..contract import contract, refuse_encoder_decoder
+from ..contract import contract
 from ..errors import Span, SpecError
 from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
 from ..system import available_memory
 from ..version import __version__
 from . import rundir
 from .data import TRAIN_FRACTION, TokenData, Tokenizer, builtin_text, encode_array, read_corpus
+from .pairs import MAX_LEN, ReversalData
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Session:
     tokenizer: Tokenizer | None
     ids: Any = None  # the tokenized corpus, for a run that starts (None when it resumes)
     sources: tuple = ()
+    pairs: ReversalData | None = None  # a sequence-to-sequence model's data (built from the seed, never stored)
 
     @property
     def out(self) -> Path:
@@ -52,7 +54,6 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
     """Resolve and check everything (spec, settings, run directory, data, model) without writing anything."""
     probe = load(spec_path, preset=preset, overrides=overrides)
     from .trainable import check_trainable  # a model the loop cannot train is refused here, at its line
-    refuse_encoder_decoder(probe.model, "training")
     check_trainable(probe.model)
     config = resolve_config(probe.model.train, flags)
     plan = rundir.plan(config.out or f"runs/{probe.model.name}", resume)
@@ -66,9 +67,14 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
     if config.batch % config.accum:
         raise SpecError(f"batch {config.batch} is not divisible by accum {config.accum}", Span("--accum", 0, 0))
 
-    tokenizer, ids, data = None, None, {"builtin": "digits"}
+    tokenizer, ids, data, pairs = None, None, {"builtin": "digits"}, None
     compiled = probe
-    if contract(probe.model).language_model:
+    if contract(probe.model).source is not None:
+        pairs = _pairs(plan, saved, config)
+        tokenizer, data = pairs.tokenizer, pairs.fingerprint
+        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer)
+        _check_pair_lengths(compiled.model, overrides)
+    elif contract(probe.model).language_model:
         tokenizer, ids, data = _text(probe.model, plan, saved, config)
         compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer)
         if ids is not None:
@@ -84,7 +90,36 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
               "contract": contract(compiled.model).to_json()}  # for readers of the run; specc recomputes it
     torch.manual_seed(config.seed)
     module = to_torch(compiled)  # the memory guard speaks now, before anything is written
-    return Session(str(spec_path), compiled, module, config, plan, record, tokenizer, ids, compiled.model.sources)
+    return Session(str(spec_path), compiled, module, config, plan, record, tokenizer, ids, compiled.model.sources,
+                   pairs)
+
+
+def _pairs(plan: rundir.Plan, saved: dict | None, config: TrainConfig) -> ReversalData:
+    """The built-in reversal task of a sequence-to-sequence model, drawn from the run's seed; a resumed run's must
+    be the one it started with (the same strings: a changed generator would make another run)."""
+    if config.data:
+        raise SpecError("an encoder-decoder trains on the built-in reversal task; --data is a language model's text",
+                        Span("--data", 0, 0), hint="drop --data (docs/training.md, 'Sequence to sequence')")
+    pairs = ReversalData(config.seed)
+    if saved is not None and saved.get("data") != pairs.fingerprint:
+        raise SpecError(f"cannot resume '{plan.path}': the built-in task's strings are not the ones the run started "
+                        "with", Span("--resume", 0, 0), hint="start a new run (another --out)")
+    return pairs
+
+
+def _check_pair_lengths(model: ir.Model, overrides: dict) -> None:
+    """The source and the target (with its [BOS]) of the longest string fit the model's contexts."""
+    facts = contract(model)
+    for name, need in ((facts.source, MAX_LEN), (facts.target, MAX_LEN + 1)):
+        given = next(i for i in model.inputs if i.name == name)
+        bound = facts.source_context if name == facts.source else facts.context
+        if bound is None or bound < need:
+            context_name = context_hyperparameter(model, overrides)
+            raise SpecError(f"input '{name}' takes {bound if bound is not None else 'unbounded'} tokens; the reversal "
+                            f"task needs {need} (strings of up to {MAX_LEN} letters"
+                            + (", and [BOS] before the target)" if name == facts.target else ")"), given.span,
+                            hint=f"--set {context_name}={MAX_LEN + 1}" if context_name else
+                            f"declare it as int[batch, len <= {MAX_LEN + 1}] or more")
 
 
 def _text(model: ir.Model, plan: rundir.Plan, saved: dict | None, config: TrainConfig):
@@ -194,6 +229,10 @@ def start(session: Session) -> rundir.RunDir:
                 (run.path / rundir.DATA).mkdir(exist_ok=True)
                 TokenData.prepare(session.ids, session.tokenizer, lambda name, data: run.write_bytes(
                     Path(rundir.DATA) / name, data))
+            elif session.pairs is not None:  # the strings come from the seed; sample and export read the tokenizer
+                (run.path / rundir.DATA).mkdir(exist_ok=True)
+                run.write_bytes(Path(rundir.DATA) / "tokenizer.json",
+                                json.dumps(session.tokenizer.to_json()).encode("utf-8"))
             session.ids = None  # on disk now; the loop reads it through a memory map
             kept = ""
         run.write_bytes(rundir.METRICS, kept.encode("utf-8"))
@@ -240,5 +279,6 @@ def follow(spec_path: str, shared: dict) -> tuple[Session, rundir.RunDir]:
     step = run.read_json(last.relative_to(run.path) / rundir.MARKER)["step"] if shared["resuming"] else None
     plan = rundir.Plan(run.path, "run", record, step)
     config = TrainConfig(**shared["config"])
+    pairs = ReversalData(config.seed) if contract(compiled.model).source is not None else None
     torch.manual_seed(config.seed)
-    return Session(spec_path, compiled, to_torch(compiled), config, plan, record, tokenizer), run
+    return Session(spec_path, compiled, to_torch(compiled), config, plan, record, tokenizer, pairs=pairs), run

@@ -11,19 +11,29 @@ from __future__ import annotations
 from .. import ir
 from ..contract import contract
 from ..errors import Span, SpecError
+from ..kinds import KINDS
 from ..shapes import Sym, TensorType, format_shape
 
 # data.digits_dataset: 64 pixels flat, or LeNet-5's 32x32 image (each pixel repeated 4x4); labels 0 to 9.
 DIGITS_INPUTS = ((64,), (1, 32, 32))
 DIGITS_CLASSES = 10
 SUPPORTED = ("specc train trains a language model (int[batch, seq <= ctx] token ids in, float[batch, seq, vocab] "
-             "logits out) or a classifier of 8x8 digits (float[batch, 64] or float[batch, 1, 32, 32] in, "
+             "logits out), an encoder-decoder (source and target token ids in, the target's logits out) or a "
+             "classifier of 8x8 digits (float[batch, 64] or float[batch, 1, 32, 32] in, "
              "float[batch, 10] out)")
 
 
 def check_trainable(model: ir.Model) -> None:
     """Raise a located SpecError when the training loop cannot train `model`; return when it can."""
     first = model.inputs[0]
+    facts = contract(model)
+    if facts.encoder_decoder:
+        if facts.source is None:  # contract.seq2seq_inputs says what one needs
+            layer = next(layer for layer, _ in ir.applications(model.root) if KINDS[layer.kind].tensor_args())
+            _refuse(f"specc train trains an encoder-decoder with two token inputs of their own lengths (source and "
+                    f"target, int[batch, len <= ctx]) and one output of logits [batch, target len, vocab]; model "
+                    f"'{model.name}' reads a second tensor ({layer.kind} '{layer.name}') but is not one", layer.span)
+        return
     for extra in model.inputs[1:]:
         if extra.default is None:
             _refuse(f"specc train feeds one input, '{first.name}'; '{extra.name}' has no default", extra.span)
@@ -31,7 +41,6 @@ def check_trainable(model: ir.Model) -> None:
         _refuse(f"model '{model.name}' returns {len(model.outputs)} outputs; specc train trains one",
                 _output_span(model, 1))
     out = model.outputs[0][1]
-    facts = contract(model)
     if facts.language_model:
         batch, seq = first.type.shape[0], first.type.shape[-1]
         if first.type.rank != 2:
