@@ -26,7 +26,8 @@ def test_the_contract_names_source_and_target_from_the_types():
     assert facts.cache == ((4, 16),) * 2  # the decoder's self-attention only; the encoder's is not cached
     assert Contract.from_json(json.loads(json.dumps(facts.to_json()))) == facts
     # the target is the input whose length the logits have, whatever the order or the names
-    text = REVERSE.read_text().replace("input src: int[batch, src_len <= ctx]\n    input tgt: int[batch, tgt_len <= ctx]",
+    inputs = "input src: int[batch, src_len <= ctx]\n    input tgt: int[batch, tgt_len <= ctx]"
+    text = REVERSE.read_text().replace(inputs,
                                        "input b: int[batch, b_len <= ctx]\n    input a: int[batch, a_len <= 12]")
     text = text.replace("src ->", "a ->").replace("tgt ->", "b ->")
     facts = contract(specdsl.loads(text, name=str(REVERSE)).model)

@@ -1,7 +1,8 @@
 """What a batch is and what the loss is, for each objective `specc train` knows: next-token prediction, masked tokens
 (BERT), digits classification and sequence-to-sequence (an encoder-decoder on the built-in reversal task; and
-the same task as one sequence for a decoder-only model, the baseline bench/seq2seq.py measures against). The loop (loop.py) and `specc export --quantize` (which scores a run's objective
-on its validation split) ask a task for batches and losses, and know nothing of the objective itself."""
+the same task as one sequence for a decoder-only model, the baseline bench/seq2seq.py measures against). The loop
+(loop.py) and `specc export --quantize` (which scores a run's objective on its validation split) ask a task for
+batches and losses, and know nothing of the objective itself."""
 
 from __future__ import annotations
 
