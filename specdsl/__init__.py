@@ -10,6 +10,7 @@ The core (parse, elaborate, IR, analysis) imports neither torch nor onnx.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .version import __version__
 
@@ -20,9 +21,12 @@ _LAZY = {"Analysis": "analysis", "Compiled": "compiled", "load": "compiled", "lo
 
 
 def __getattr__(name: str):
-    if name not in _LAZY:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: specdsl.parse, as before
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module 'specdsl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     globals()[name] = value
     return value
 

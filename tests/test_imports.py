@@ -104,3 +104,15 @@ def test_help_imports_nothing_of_the_compiler():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_package_gives_its_names_and_submodules_on_first_use():
+    import subprocess
+    import sys
+    code = ("import specdsl\nassert specdsl.parse.parse_file and specdsl.load and specdsl.SpecError\n"
+            "from specdsl import Compiled, loads\nprint(loads('model m {\\n input x: float[2, 3]\\n return x -> "
+            "Linear(3, 4)\\n}\\n').analysis.total)\ntry:\n    specdsl.nothing_here\nexcept AttributeError:\n"
+            "    print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["16", "ok"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import ir
 from ..analysis import analyse
 from ..errors import SpecError
-from ..kinds import KINDS, Args, TorchForm
+from ..kinds import TorchForm, torch_form_of
 from ..kinds.base import BUILTIN_TORCH_MODULE
 from ..shapes import Sym
 from ..version import __version__
@@ -136,12 +136,7 @@ class _Emitter:
     def form(self, layer: ir.Layer) -> TorchForm:
         """The layer's torch form, its class carried into the file when it is not torch.nn's or specc's: a
         SpecError at the layer when the kind has no torch form or its class cannot be found."""
-        try:
-            form = KINDS[layer.kind].torch_form(Args(layer.args))
-        except NotImplementedError:
-            raise SpecError(f"layer kind '{layer.kind}' has no torch form: it is counted but cannot be built",
-                            layer.span, hint="its declaration needs a torch_form() (docs/language.md, "
-                                             "'Adding a layer kind')") from None
+        form = torch_form_of(layer)
         module, name = form.location
         if module == BUILTIN_TORCH_MODULE and name not in _support_names():
             raise SpecError(f"layer kind '{layer.kind}' names torch class '{name}', which specc does not have",

@@ -17,7 +17,7 @@ from torch import nn
 from .. import ir
 from ..contract import contract, refuse_encoder_decoder
 from ..errors import SpecError
-from ..kinds import KINDS, Args, Kind, TorchForm
+from ..kinds import KINDS, Args, Kind, TorchForm, torch_form_of
 from ..shapes import Sym
 from ..system import available_memory
 from .torch_modules import DecodeState, init_gpt2_
@@ -98,12 +98,7 @@ def check_torch_forms(model: ir.Model) -> None:
         if key in seen:
             continue
         seen.add(key)
-        try:
-            form = KINDS[layer.kind].torch_form(Args(layer.args))
-        except NotImplementedError:
-            raise SpecError(f"layer kind '{layer.kind}' has no torch form: it is counted but cannot be built",
-                            layer.span, hint="its declaration needs a torch_form() (docs/language.md, "
-                                             "'Adding a layer kind')") from None
+        form = torch_form_of(layer)
         try:
             torch_class(form)
         except (ImportError, AttributeError) as e:
