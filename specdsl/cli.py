@@ -27,8 +27,8 @@ _debug = bool(os.environ.get("SPECC_DEBUG"))
 # OSErrors that say a path given to specc is wrong, not that the machine failed.
 _BAD_PATH = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM}
 # What each optional dependency comes with: a command that needs one says how to install it.
-_EXTRAS = {"torch": "train", "numpy": "train", "safetensors": "train", "matplotlib": "train", "sklearn": "train",
-           "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
+_EXTRAS = {"torch": "train", "numpy": "train", "safetensors": "train", "sklearn": "train",
+           "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "tensorboard": "tensorboard"}
 
 
 def _exit(code: int, message: str = "") -> None:
@@ -107,6 +107,10 @@ def train_cmd(
     decay_steps: Optional[int] = typer.Option(None, "--decay-steps",
                                               help="Step where the cosine ends (default: steps)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 or bf16 (autocast)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", min=0,
+                                            help="Steps between status lines when not on a terminal (default: "
+                                                 "eval-every / 5; 0: none)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard events to RUN/tensorboard."),
 ) -> None:
     """Train a spec: checkpoints, evaluation on held-out data, a loss plot and a summary."""
     if nproc > 1:
@@ -120,7 +124,8 @@ def train_cmd(
     from .train.loop import ReportedByRankZero, TrainingInterrupted, train
     register_worker()
     try:
-        train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume)
+        train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume, log_every=log_every,
+              tensorboard=tensorboard)
     except SpecError as e:
         _fail(e)
     except ReportedByRankZero:

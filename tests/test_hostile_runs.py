@@ -100,7 +100,7 @@ def test_a_refused_train_leaves_the_run_as_it_was(tmp_path, trained):
 
 # ---- links planted in a run (defect 5) ----
 
-@pytest.mark.parametrize("member", ["summary.json", "spec.spec", "metrics.jsonl", "loss.png", "data"])
+@pytest.mark.parametrize("member", ["summary.json", "spec.spec", "metrics.jsonl", "loss.svg", "data"])
 def test_resume_refuses_a_run_holding_links_and_writes_through_none(tmp_path, trained, member):
     out = copy_run(trained, tmp_path)
     victim = tmp_path / "victim"
@@ -250,7 +250,7 @@ def test_a_second_writer_is_refused(tmp_path, trained):
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over_without_appending(tmp_path, trained):
     out = copy_run(trained, tmp_path)
-    for name in ("last", "best", "summary.json", "loss.png"):
+    for name in ("last", "best", "summary.json", "loss.svg"):
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     run(out, 10)
     rows = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,9 @@ TINY = {"d": 32, "layers": 1, "heads": 2, "ctx": 16}
 QUICK = {"batch": 4, "eval_every": 10, "eval_batches": 2, "warmup": 5}
 
 
-def run(out, steps, resume=False, spec="nanogpt-shakespeare.spec", sets=TINY, **flags):
+def run(out, steps, resume=False, spec="nanogpt-shakespeare.spec", sets=TINY, tensorboard=False, **flags):
     return train(str(SPECS / spec), overrides=dict(sets), flags={**QUICK, "steps": steps, "out": str(out), **flags},
-                 resume=resume, progress=False, console=_quiet())
+                 resume=resume, progress=False, console=_quiet(), tensorboard=tensorboard)
 
 
 def _quiet():
@@ -52,7 +53,9 @@ def test_learns_on_builtin_data_and_writes_the_run(tmp_path):
     trainer = json.loads((tmp_path / "r" / "last" / "trainer.json").read_text())
     assert trainer["step"] == 60 and trainer["tokenizer"]["kind"] == "char" and len(trainer["spec_hash"]) == 64
     assert (tmp_path / "r" / "spec.spec").read_text() == (SPECS / "nanogpt-shakespeare.spec").read_text()
-    assert (tmp_path / "r" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot = ET.fromstring((tmp_path / "r" / "loss.svg").read_text())  # a whole SVG: it parses
+    lines = plot.findall("{http://www.w3.org/2000/svg}polyline")
+    assert [len(line.get("points").split()) for line in lines] == [60, 3, 3]  # every step; every evaluation
 
 
 def test_spec_train_section_sets_defaults_and_flags_override_it(tmp_path):
@@ -246,3 +249,40 @@ def test_masking_follows_bert():
     assert abs(masked - 0.8) < 0.01 and abs(kept - 0.11) < 0.01 and inputs.max() == 10
     again, _ = mask_tokens(x, tokenizer, torch.Generator().manual_seed(1))
     assert torch.equal(inputs, again)  # the generator decides everything: a resumed run masks the same way
+
+
+def test_a_run_outside_a_terminal_prints_a_status_line_every_log_every_steps(tmp_path):
+    import io
+
+    from rich.console import Console
+    log = io.StringIO()
+    train(str(SPECS / "nanogpt-shakespeare.spec"), overrides=TINY,
+          flags={**QUICK, "steps": 20, "out": str(tmp_path / "r")}, console=Console(file=log, width=120),
+          log_every=5)
+    status = [line for line in log.getvalue().splitlines() if "tok/s" in line and "eta" in line]
+    assert [int(line.split()[1].split("/")[0]) for line in status] == [5, 10, 15]  # not after the last step
+    assert all(line.split()[1].endswith("/20") and "loss" in line for line in status)
+
+
+def test_tensorboard_events_show_every_step_once_across_a_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "r"
+    for steps, resume in ((8, False), (12, True)):
+        train(str(SPECS / "nanogpt-shakespeare.spec"), overrides=TINY, resume=resume, tensorboard=True,
+              flags={**QUICK, "steps": steps, "eval_every": 4, "out": str(out)}, progress=False, console=_quiet())
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("loss/train_step")]
+    assert steps == list(range(1, 13)) and [e.step for e in events.Scalars("loss/val")] == [4, 8, 12]
+    assert [e.value for e in events.Scalars("loss/train_step")] == pytest.approx(losses(out), rel=1e-6)
+
+
+def test_tensorboard_without_its_package_is_refused_before_the_run_starts(tmp_path, monkeypatch):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard"
+                        else find_spec(name, *a))
+    with pytest.raises(specdsl.SpecError, match="needs the tensorboard package") as refused:
+        run(tmp_path / "r", 5, tensorboard=True)
+    assert "pip install tensorboard" in refused.value.errors[0].hint and not (tmp_path / "r").exists()

@@ -126,22 +126,29 @@ def _from_rank_zero(obj, world: int):
 
 
 def train(spec_path: str, preset: str | None = None, overrides: dict | None = None, flags: dict | None = None,
-          resume: bool = False, console=None, progress: bool = True) -> dict:
+          resume: bool = False, console=None, progress: bool = True, log_every: int | None = None,
+          tensorboard: bool = False) -> dict:
     """Train a spec; returns the summary (also written to <out>/summary.json). Everything is checked before the run
     directory is written (train/session.py); SIGINT and SIGTERM save the last completed step and raise
-    TrainingInterrupted."""
+    TrainingInterrupted. `progress`: a progress bar on a terminal, else a status line every `log_every` steps
+    (report.default_log_every; 0: none); `tensorboard`: event files in RUN/tensorboard too."""
     import sys
 
     from rich.console import Console
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     rank, world = _distributed()
+    if tensorboard:
+        report.check_tensorboard()
     session, run = _prepare_every_rank(spec_path, preset, dict(overrides or {}), dict(flags or {}), resume, rank,
                                        world)
     try:
         with _StopRequest() as stop:  # from here on, SIGINT and SIGTERM stop training cleanly
             trainer = Trainer.build(session, run, console, rank, world)
             trainer.resume()
-            wall = trainer.fit(stop, progress)
+            if progress:
+                trainer.log_every = report.default_log_every(session.config.eval_every) if log_every is None \
+                    else log_every
+            wall = trainer.fit(stop, progress, tensorboard)
             return trainer.summarize(wall)
     finally:
         run.unlock()
@@ -191,6 +198,8 @@ class Trainer:
     stopped_early: bool = False
     step_times: list[float] = field(default_factory=list)
     metrics: Any = None  # metrics.jsonl, open for appending on rank 0 while `fit` runs
+    events: Any = None  # report.EventLog (--tensorboard) on rank 0 while `fit` runs
+    log_every: int = 0  # a status line every log_every steps where there is no progress bar; 0: none
 
     @property
     def config(self) -> TrainConfig:
@@ -248,7 +257,7 @@ class Trainer:
 
     # ---- the steps ----
 
-    def fit(self, stop: _StopRequest, progress: bool) -> float:
+    def fit(self, stop: _StopRequest, progress: bool, tensorboard: bool = False) -> float:
         """Steps from the one reached to config.steps, evaluating and saving every eval_every steps and after the
         last; stops early when the validation loss stops improving (patience), and at SIGINT/SIGTERM after the
         step under way (TrainingInterrupted). Returns its wall time in seconds."""
@@ -256,6 +265,8 @@ class Trainer:
         if self.rank == 0:
             report.print_settings(self.console, self.session, self.world)
         self.metrics = self.run.append(rundir.METRICS) if self.rank == 0 else None
+        if tensorboard and self.rank == 0:
+            self.events = report.EventLog(self.run.path / rundir.TENSORBOARD, self.completed)
         started = time.perf_counter()
         bar = report.progress_bar(self.console, progress and self.rank == 0, self.completed, config.steps)
         self.module.train()
@@ -272,15 +283,19 @@ class Trainer:
                             self.completed = step + 1
                             break
                     elif self.rank == 0:
-                        _write_metrics(self.metrics, record)
+                        self.write_metrics(record)
                     if bar is not None:
                         self._show_progress(bar, step + 1, record["train_loss"])
+                    elif self.log_every and (step + 1) % self.log_every == 0 and step + 1 != config.steps:
+                        self._say_status(step + 1, record["train_loss"])
                     self.completed = step + 1
         finally:
             if bar is not None:
                 bar.stop()
             if self.metrics:
                 self.metrics.close()
+            if self.events:
+                self.events.close()
         return time.perf_counter() - started
 
     def step(self, step: int) -> dict:
@@ -313,10 +328,25 @@ class Trainer:
         self.step_times.append(time.perf_counter() - started)
         return {"step": step + 1, "train_loss": train_loss, "lr": config.lr_at(step), "step_s": self.step_times[-1]}
 
-    def _show_progress(self, bar, step: int, train_loss: float) -> None:
+    def _speed(self) -> tuple[float, float]:
+        """Tokens a second and seconds a step, over the last 20 steps."""
         recent = self.step_times[-20:]
-        speed = self.task.tokens(self.config.batch) * len(recent) / sum(recent)
+        return self.task.tokens(self.config.batch) * len(recent) / sum(recent), sum(recent) / len(recent)
+
+    def _show_progress(self, bar, step: int, train_loss: float) -> None:
+        speed, _ = self._speed()
         bar.update(bar.task_ids[0], completed=step, description=f"loss {train_loss:.4f}  {speed:,.0f} tok/s")
+
+    def _say_status(self, step: int, train_loss: float) -> None:
+        speed, per_step = self._speed()
+        self.say(report.status_line(step, self.config.steps, train_loss, speed, per_step * (self.config.steps - step)),
+                 markup=False, highlight=False)
+
+    def write_metrics(self, record: dict) -> None:
+        """A step's metrics.jsonl row (rank 0), and its TensorBoard scalars with --tensorboard."""
+        _write_metrics(self.metrics, record)
+        if self.events:
+            self.events.write(record)
 
     # ---- evaluate and save ----
 
@@ -358,8 +388,12 @@ class Trainer:
         takes part (FSDP gathers the shards) and waits for the others."""
         captured = checkpoint.capture(self.module, self.optimizer)  # every rank: FSDP gathers the shards
         if self.rank == 0:
-            _write_metrics(self.metrics, record)
+            self.write_metrics(record)
             self.metrics.flush()
+            if self.events:
+                self.events.flush()
+            rows = report.metrics_rows(self.run)  # the plot, redrawn with each evaluation
+            self.run.write_bytes(rundir.PLOT, report.plot_svg(rows, self.session.compiled.name).encode())
             if improved:
                 checkpoint.save(self.run, "best", self.module, self.optimizer, self.generator, self.state(step),
                                 captured)
@@ -392,7 +426,8 @@ class Trainer:
     # ---- summarize ----
 
     def summarize(self, wall: float) -> dict:
-        """summary.json, loss.png and the summary table (rank 0); returns the summary, infinities as None."""
+        """summary.json and the summary table (rank 0; loss.svg is drawn at each evaluation); returns the summary,
+        infinities as None."""
         compiled, times = self.session.compiled, self.step_times
         summary = {
             "model": compiled.name, "params": compiled.analysis.total, "steps": self.completed,
@@ -404,8 +439,6 @@ class Trainer:
         }
         if self.rank == 0:
             self.run.write_json("summary.json", summary)
-            rows = report.metrics_rows(self.run)
-            self.run.write_with("loss.png", lambda path: report.plot(rows, path, compiled.name))
             report.print_summary(self.console, summary)
         return rundir.finite(summary)
 

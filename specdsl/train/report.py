@@ -1,12 +1,13 @@
 """What a training run shows and leaves for people: the settings table, the progress bar, the summary table and
-loss.png (the metrics themselves are metrics.jsonl, written by the loop)."""
+loss.svg (the metrics themselves are metrics.jsonl, written by the loop)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import asdict
-from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
 
 from ..text import printable
 from . import rundir
@@ -31,6 +32,20 @@ def progress_bar(console, enabled: bool, start: int, total: int):
     bar.add_task("", total=total, completed=start)
     bar.start()
     return bar
+
+
+def status_line(step: int, total: int, loss: float, tokens_per_s: float, eta_s: float) -> str:
+    """What a run prints every --log-every steps where no progress bar can show (a log file, a scheduler's
+    output): step, loss, throughput and time left."""
+    minutes, seconds = divmod(int(round(eta_s)), 60)
+    hours, minutes = divmod(minutes, 60)
+    eta = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+    return f"step {step:>6}/{total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  eta {eta}"
+
+
+def default_log_every(eval_every: int) -> int:
+    """Five status lines between evaluations."""
+    return max(1, eval_every // 5)
 
 
 def print_settings(console, session, world: int) -> None:
@@ -76,21 +91,85 @@ def print_summary(console, s: dict) -> None:
     console.print(table)
 
 
-def plot(rows: list[dict], png: Path, title: str) -> None:
-    """loss.png: the loss of every step, and the training and validation losses of every evaluation."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], lw=0.8, alpha=0.6, label="train (step)")
-    evals = [r for r in rows if "val_loss" in r]
-    ax.plot([r["step"] for r in evals], [r["train_eval_loss"] for r in evals], "o-", label="train (eval)")
-    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, format="png")
-    plt.close(fig)
+# The loss plot is SVG written here rather than a matplotlib PNG: matplotlib cost ~0.9 s and ~29 MiB a run (issue 13,
+# bench/shakespeare.py), most of our fixed cost over nanoGPT's, and this plot is redrawn at every evaluation. Three
+# polylines on linear axes need no plotting library; any browser, editor or notebook shows the file.
+PLOT_W, PLOT_H, MARGIN = 700, 400, (56, 16, 44, 40)  # width, height; left, right, top, bottom margins (px)
+SERIES = (("train_loss", "train (step)", "#8fb3d9", "1", 0.8), ("train_eval_loss", "train (eval)", "#1f77b4", "2", 1),
+          ("val_loss", "validation", "#ff7f0e", "2", 1))  # key, label, colour, width, opacity
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick values spanning [low, high] (1, 2 or 5 times a power of ten apart)."""
+    span = (high - low) or abs(high) or 1.0
+    raw = span / count
+    step = min((m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def plot_svg(rows: list[dict], title: str) -> str:
+    """loss.svg: the loss of every step, and the training and validation losses of every evaluation."""
+    left, right, top, bottom = MARGIN
+    points = {key: [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))
+                    and math.isfinite(r[key])] for key, *_ in SERIES}
+    every = [p for series in points.values() for p in series] or [(0, 0.0), (1, 1.0)]
+    x0, x1 = min(s for s, _ in every), max(s for s, _ in every)
+    y0, y1 = min(v for _, v in every), max(v for _, v in every)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    sx = lambda s: left + (s - x0) / (x1 - x0) * (PLOT_W - left - right)  # noqa: E731
+    sy = lambda v: PLOT_H - bottom - (v - y0) / (y1 - y0) * (PLOT_H - top - bottom)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{PLOT_W}" height="{PLOT_H}" font-family="sans-serif" '
+           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{PLOT_W / 2}" y="20" text-anchor="middle" font-size="14">{xml_escape(printable(title))}</text>']
+    for v in _ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{PLOT_W - right}" y1="{sy(v):.1f}" y2="{sy(v):.1f}" stroke="#ddd"/>'
+                   f'<text x="{left - 4}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+    for s in _ticks(x0, x1):
+        out.append(f'<text x="{sx(s):.1f}" y="{PLOT_H - bottom + 16}" text-anchor="middle">{s:g}</text>')
+    out.append(f'<text x="{PLOT_W / 2}" y="{PLOT_H - 6}" text-anchor="middle">step</text>'
+               f'<text transform="translate(14 {PLOT_H / 2}) rotate(-90)" text-anchor="middle">cross-entropy loss'
+               '</text>')
+    for n, (key, label, colour, width, opacity) in enumerate(SERIES):
+        path = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in points[key])
+        if path:
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="{width}" '
+                       f'stroke-opacity="{opacity}"/>')
+        y = top + 14 * n  # the legend, top right
+        out.append(f'<line x1="{PLOT_W - 150}" x2="{PLOT_W - 130}" y1="{y}" y2="{y}" stroke="{colour}" '
+                   f'stroke-width="2"/><text x="{PLOT_W - 125}" y="{y + 4}">{label}</text>')
+    return "\n".join(out) + "\n</svg>\n"
+
+
+
+def check_tensorboard() -> None:
+    """--tensorboard needs the tensorboard package (torch's SummaryWriter writes through it): said before the run
+    directory is written."""
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is None:
+        from ..errors import Span, SpecError
+        raise SpecError("--tensorboard needs the tensorboard package, which is not installed",
+                        Span("--tensorboard", 0, 0), hint="pip install tensorboard (or specdsl[tensorboard])")
+
+
+class EventLog:
+    """TensorBoard scalars beside metrics.jsonl (torch.utils.tensorboard's SummaryWriter): the loss and learning
+    rate of every step, the evaluation losses. A resumed run purges the events past its checkpoint, as its
+    metrics.jsonl drops the lines past it, so the curves show each step once."""
+
+    def __init__(self, folder, resumed_at: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=resumed_at + 1 if resumed_at else None)
+
+    def write(self, record: dict) -> None:
+        step = record["step"]
+        for key, tag in (("train_loss", "loss/train_step"), ("lr", "lr"), ("val_loss", "loss/val"),
+                         ("train_eval_loss", "loss/train_eval"), ("val_accuracy", "accuracy/val")):
+            if key in record and record[key] is not None and math.isfinite(record[key]):
+                self.writer.add_scalar(tag, record[key], step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

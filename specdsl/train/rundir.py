@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import Span, SpecError
-from ..io import file_kind, open_regular, publish, temp_beside, write_bytes_atomic
+from ..io import file_kind, open_regular, write_bytes_atomic
 from ..tokenizer import Tokenizer
 
 FORMAT = "specc-run/1"
@@ -44,6 +44,8 @@ MAIN_SOURCE = "spec.spec"
 SOURCES = "sources"
 DATA = "data"
 METRICS = "metrics.jsonl"
+PLOT = "loss.svg"  # redrawn at each evaluation (train/report.py)
+TENSORBOARD = "tensorboard"  # the event files of --tensorboard
 LOCK = ".lock"
 MARKER = "trainer.json"  # a checkpoint folder is complete once this, written last, is there (train/checkpoint.py)
 _TEMPORARY = (".tmp-", ".trash-")  # prefixes of what an interrupted write may leave; ours to remove
@@ -189,8 +191,8 @@ class RunDir:
 
     def check_members(self) -> None:
         """Refuse a run that holds symbolic links (one received from someone else could point anywhere)."""
-        for folder in (self.path, *(self.path / d for d in (DATA, SOURCES, "last", "best", ".last.old",
-                                                            ".best.old"))):
+        for folder in (self.path, *(self.path / d for d in (DATA, SOURCES, TENSORBOARD, "last", "best",
+                                                            ".last.old", ".best.old"))):
             if folder != self.path and not folder.is_dir():
                 continue
             for entry in os.scandir(folder):
@@ -236,15 +238,6 @@ class RunDir:
 
     def write_json(self, name: str | os.PathLike, data: dict) -> None:
         self.write_bytes(name, dumps(data).encode("utf-8"))
-
-    def write_with(self, name: str, write: Callable[[Path], None]) -> None:
-        """A file written by someone else's function (a plot), through a temporary name and a rename."""
-        tmp = temp_beside(self.path / name)
-        try:
-            write(tmp)
-            publish(tmp, self.path / name)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def append(self, name: str):
         """A text file opened for appending (metrics), never through a link; `write_bytes` it first to start it."""
