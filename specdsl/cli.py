@@ -27,7 +27,7 @@ _debug = bool(os.environ.get("SPECC_DEBUG"))
 # OSErrors that say a path given to specc is wrong, not that the machine failed.
 _BAD_PATH = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM}
 # What each optional dependency comes with: a command that needs one says how to install it.
-_EXTRAS = {"torch": "train", "numpy": "train", "safetensors": "train", "sklearn": "train",
+_EXTRAS = {"torch": "train", "numpy": "train", "safetensors": "train", "sklearn": "train", "tokenizers": "train",
            "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "tensorboard": "tensorboard"}
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import Span, SpecError, did_you_mean
+from .tokenizer import tokenizer_choice_problem
 
 
 @dataclass
@@ -60,7 +61,7 @@ _RANGES = {
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "dtype": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
-    "tokenizer": (lambda v: v in ("char", "byte"), "char or byte"),
+    "tokenizer": (lambda v: tokenizer_choice_problem(v) is None, tokenizer_choice_problem),  # what: a function
 }
 
 
@@ -71,7 +72,10 @@ def setting_problem(name: str, value: Any) -> str | None:
     if value is None or name not in _RANGES:
         return None
     test, what = _RANGES[name]
-    return None if test(value) else f"training setting '{name}' must be {what}, got {value!r}"
+    if test(value):
+        return None
+    return f"training setting '{name}': {what(value)}, got {value!r}" if callable(what) else \
+        f"training setting '{name}' must be {what}, got {value!r}"
 
 
 # Settings that must not change when a run is resumed: they change what the model or the data is.

@@ -95,7 +95,9 @@ def token_dtype(vocab_size: int):
 
 def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
     """The ids of `text` as an array, without a Python object per character (the corpus may be large)."""
-    if tokenizer.kind == "byte":
+    if tokenizer.kind == "subword":
+        ids = np.fromiter(subword_ids(tokenizer, text), dtype=np.int64)
+    elif tokenizer.kind == "byte":
         ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     else:
         points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -104,6 +106,16 @@ def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
         if len(points) and not np.array_equal(table[np.minimum(ids, len(table) - 1)], points):
             raise ValueError("the text has characters outside the vocabulary")
     return ids.astype(token_dtype(tokenizer.vocab_size))
+
+
+def subword_ids(tokenizer: Tokenizer, text: str, lines_per_batch: int = 4096):
+    """A subword tokenizer's ids of `text`, line by line in batches through tokenizers' parallel encoder (a pre-
+    tokenizer never joins a line's end to the next line's start, so this equals encoding the text whole; tested)."""
+    from ..tokenizer import _subword
+    model, lines = _subword(tokenizer.model), text.splitlines(keepends=True)
+    for start in range(0, len(lines), lines_per_batch):
+        for encoding in model.encode_batch_fast(lines[start:start + lines_per_batch], add_special_tokens=False):
+            yield from encoding.ids
 
 
 class TokenData:

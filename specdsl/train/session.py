@@ -135,7 +135,10 @@ def _text(model: ir.Model, plan: rundir.Plan, saved: dict | None, config: TrainC
         raise SpecError(f"cannot resume '{plan.path}': the data changed since the run started",
                         Span("--data", 0, 0), hint="resume with the data the run started from")
     # A model that attends to later positions would read the next token: it learns masked tokens instead.
-    tokenizer = Tokenizer.fit(config.tokenizer, text, mask=not contract(model).causal)
+    try:
+        tokenizer = Tokenizer.fit(config.tokenizer, text, mask=not contract(model).causal)
+    except ValueError as e:  # a tokenizer.json that tokenizers cannot read
+        raise SpecError(str(e), Span("--tokenizer", 0, 0)) from None
     return tokenizer, encode_array(tokenizer, text), data
 
 
