@@ -12,6 +12,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from .errors import Span, SpecError
 
@@ -117,13 +118,15 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` whole or not at all. The rename replaces whatever entry is at `path` (a symbolic link
-    is replaced, never written through); `check_output` first where that entry may be the user's."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes]) -> None:
+    """Write `data` (bytes, or chunks of bytes: a file larger than memory) to `path` whole or not at all. The rename
+    replaces whatever entry is at `path` (a symbolic link is replaced, never written through); `check_output` first
+    where that entry may be the user's."""
     tmp = temp_beside(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in ([data] if isinstance(data, (bytes, bytearray)) else data):
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, path)

@@ -12,7 +12,7 @@ import codecs
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 BPE_PREFIX = "bpe:"
 MIN_BPE_VOCAB = 257  # the 256 bytes of the byte-level alphabet, and at least one merge
@@ -46,9 +46,9 @@ def _subword(model_json: str):
     return Subword.from_str(model_json)
 
 
-def train_bpe(text: str, vocab_size: int) -> str:
-    """A byte-level BPE (GPT-2's: Radford et al. 2019, section 2.2) of `vocab_size` tokens trained on `text` with
-    Hugging Face tokenizers; its tokenizer.json text. Deterministic: the same text gives the same merges."""
+def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
+    """A byte-level BPE (GPT-2's: Radford et al. 2019, section 2.2) of `vocab_size` tokens trained on chunks of text
+    with Hugging Face tokenizers; its tokenizer.json text. Deterministic: the same text gives the same merges."""
     from tokenizers import Tokenizer as Subword
     from tokenizers import decoders, models, pre_tokenizers, trainers
     model = Subword(models.BPE())
@@ -56,7 +56,8 @@ def train_bpe(text: str, vocab_size: int) -> str:
     model.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    model.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    model.train_from_iterator((line for text in texts for line in text.splitlines(keepends=True)),
+                              trainer=trainer)
     return model.to_str()
 
 
@@ -90,15 +91,23 @@ class Tokenizer:
     def fit(cls, kind: str, text: str, mask: bool = False) -> Tokenizer:
         """The tokenizer --tokenizer names, for `text`: char, byte, bpe:VOCAB (trained on it) or a tokenizer.json
         path; ValueError says why not."""
+        return cls.fit_texts(kind, lambda: iter([text]), mask)
+
+    @classmethod
+    def fit_texts(cls, kind: str, texts: Callable[[], Iterator[str]], mask: bool = False) -> Tokenizer:
+        """`fit` over a corpus read as chunks of whole lines (`texts()` starts a new pass), never held whole."""
         if kind == "byte":
             return cls("byte", mask=mask)
         if kind == "char":
-            return cls("char", "".join(sorted(set(text))), mask)
+            chars: set[str] = set()
+            for text in texts():
+                chars.update(text)
+            return cls("char", "".join(sorted(chars)), mask)
         problem = tokenizer_choice_problem(kind)
         if problem:
             raise ValueError(f"unknown tokenizer '{kind}': {problem}")
         if kind.startswith(BPE_PREFIX):
-            return cls("subword", mask=mask, model=train_bpe(text, int(kind[len(BPE_PREFIX):])))
+            return cls("subword", mask=mask, model=train_bpe(texts(), int(kind[len(BPE_PREFIX):])))
         return cls("subword", mask=mask, model=read_tokenizer_json(kind))
 
     @property

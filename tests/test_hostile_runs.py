@@ -284,8 +284,11 @@ def test_bad_data_files_are_clear_errors_before_anything_is_written(tmp_path):
     os.mkfifo(fifo)
     short = tmp_path / "short.txt"
     short.write_text("tiny")
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    (nothing / "notes.md").write_text("not a .txt")
     cases = {str(empty): "is empty", "/dev/zero": "not a regular file", str(fifo): "not a regular file",
-             str(tmp_path): "not a regular file \\(a directory\\)", str(short): "too short"}
+             str(nothing): "a folder with no .txt files", str(short): "too short"}
     for data, message in cases.items():
         with pytest.raises(specdsl.SpecError, match=message) as refused:
             run(tmp_path / "out", data=data)

@@ -30,7 +30,7 @@ def test_a_bpe_trained_on_the_corpus_is_deterministic_and_round_trips():
 
 def test_the_corpus_encoded_line_by_line_equals_the_text_encoded_whole():
     np = pytest.importorskip("numpy")
-    from specdsl.train.data import encode_array
+    from specdsl.train.corpus import encode_array
     tok = Tokenizer.fit("bpe:300", TEXT)
     ids = encode_array(tok, TEXT)
     assert ids.dtype == np.uint16 and ids.tolist() == tok.encode(TEXT)

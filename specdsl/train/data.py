@@ -1,4 +1,5 @@
-"""Training data: tokenizers, token ids in memory-mapped arrays, seeded batches, and the built-in datasets.
+"""Training data: token ids in memory-mapped arrays, seeded batches, and the built-in datasets (what --data
+names, and how its text becomes ids: corpus.py).
 
 Text is split as nanoGPT does: the first 90% of the tokens train, the last 10% validate. Batches are drawn by a
 seeded torch.Generator whose state is saved with each checkpoint, so a resumed run draws the same batches.
@@ -7,21 +8,15 @@ seeded torch.Generator whose state is saved with each checkpoint, so a resumed r
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from ..errors import Span, SpecError
-from ..io import open_regular
-from ..system import available_memory
 from ..tokenizer import Tokenizer
-
-TRAIN_FRACTION = 0.9  # nanoGPT's prepare.py
-
+from .corpus import TRAIN_FRACTION, token_dtype
 
 # BERT's masking (Devlin et al. 2019, section 3.1 and appendix A.1; Hugging Face's
 # DataCollatorForLanguageModeling does the same): 15% of the positions are predicted; of those, 80% are replaced by
@@ -63,61 +58,6 @@ def builtin_text(seed: int = 0, sentences: int = 12000) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Tokenizing holds the text, its code points (4 bytes each) and their ids (8) at once: about 16 bytes per byte of a
-# mostly-ASCII file, and more for wider characters. A corpus is refused when that would not fit in free memory.
-TOKENIZE_BYTES_PER_BYTE = 24
-
-
-def read_corpus(path: str) -> str:
-    """A text file to train on, read whole: a regular file, UTF-8, not empty, and small enough to tokenize here.
-    Every problem is a SpecError at --data."""
-    where = Span("--data", 0, 0)
-    with open_regular(path, where, hint="--data takes one text file") as f:
-        size = os.fstat(f.fileno()).st_size
-        free = available_memory()
-        if free is not None and size * TOKENIZE_BYTES_PER_BYTE > free:
-            raise SpecError(f"'{path}' is {size / 2**30:.1f} GiB: too large to tokenize in the {free / 2**30:.1f} "
-                            "GiB of free memory", where, hint="train on a part of it (specc reads a corpus whole)")
-        data = f.read(size + 1)  # the size seen above bounds the read, even if the file grows
-    if not data.strip():
-        raise SpecError(f"'{path}' is empty: there is no text to train on", where)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SpecError(f"'{path}' is not UTF-8 text (byte {e.start}): specc trains on text files", where) \
-            from None
-
-
-def token_dtype(vocab_size: int):
-    """The narrowest unsigned type for the ids: uint16 (nanoGPT's) up to 65,536 tokens, uint32 beyond."""
-    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
-
-
-def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
-    """The ids of `text` as an array, without a Python object per character (the corpus may be large)."""
-    if tokenizer.kind == "subword":
-        ids = np.fromiter(subword_ids(tokenizer, text), dtype=np.int64)
-    elif tokenizer.kind == "byte":
-        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    else:
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        table = np.frombuffer(tokenizer.chars.encode("utf-32-le"), dtype=np.uint32)  # sorted: Tokenizer.fit
-        ids = np.searchsorted(table, points)
-        if len(points) and not np.array_equal(table[np.minimum(ids, len(table) - 1)], points):
-            raise ValueError("the text has characters outside the vocabulary")
-    return ids.astype(token_dtype(tokenizer.vocab_size))
-
-
-def subword_ids(tokenizer: Tokenizer, text: str, lines_per_batch: int = 4096):
-    """A subword tokenizer's ids of `text`, line by line in batches through tokenizers' parallel encoder (a pre-
-    tokenizer never joins a line's end to the next line's start, so this equals encoding the text whole; tested)."""
-    from ..tokenizer import _subword
-    model, lines = _subword(tokenizer.model), text.splitlines(keepends=True)
-    for start in range(0, len(lines), lines_per_batch):
-        for encoding in model.encode_batch_fast(lines[start:start + lines_per_batch], add_special_tokens=False):
-            yield from encoding.ids
-
-
 class TokenData:
     """Token ids on disk (`train.bin`, `val.bin`; uint16, or uint32 for vocabularies over 65,536), read through
     numpy memory maps."""
@@ -129,13 +69,12 @@ class TokenData:
         self.val = np.memmap(self.folder / "val.bin", dtype=dtype, mode="r")
 
     @staticmethod
-    def prepare(ids: np.ndarray, tokenizer: Tokenizer, write: Callable[[str, bytes], None]) -> None:
-        """Split the ids (`encode_array`) and hand each file of the data folder to `write(name, bytes)` (the run
-        directory writes it atomically)."""
-        split = int(len(ids) * TRAIN_FRACTION)
-        write("train.bin", ids[:split].tobytes())
-        write("val.bin", ids[split:].tobytes())
-        write("tokenizer.json", json.dumps(tokenizer.to_json()).encode("utf-8"))
+    def prepare(parts: dict, tokenizer: Tokenizer, write: Callable[[str, Iterable[bytes]], None]) -> None:
+        """Hand each file of the data folder to `write(name, chunks of bytes)` (the run directory writes it
+        atomically): the ids of each split (corpus.splits), then the tokenizer."""
+        for split, part in parts.items():
+            write(f"{split}.bin", part.chunks())
+        write("tokenizer.json", [json.dumps(tokenizer.to_json()).encode("utf-8")])
 
     def batch(self, split: str, batch: int, ctx: int, generator: torch.Generator, rank: int = 0,
               world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

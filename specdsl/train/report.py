@@ -68,6 +68,9 @@ def print_settings(console, session, world: int) -> None:
         table.add_row("objective", "masked tokens (15%: 80% [MASK], 10% random, 10% kept; BERT)" if tokenizer.mask
                       else "target tokens given the source (teacher forcing): reverse a string of letters"
                       if session.pairs is not None else "next token")
+    split = session.record.get("split")
+    if split:
+        table.add_row("split", f"{split['train']:,} tokens train, {split['val']:,} validate ({split['by']})")
     table.add_row("processes", str(world))
     table.add_row("run directory", Text(printable(str(session.out))))
     console.print(table)

@@ -32,7 +32,7 @@ import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import Span, SpecError
 from ..io import file_kind, open_regular, write_bytes_atomic
@@ -233,7 +233,7 @@ class RunDir:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
-    def write_bytes(self, name: str | os.PathLike, data: bytes) -> None:
+    def write_bytes(self, name: str | os.PathLike, data: bytes | Iterable[bytes]) -> None:
         write_bytes_atomic(self.path / name, data)
 
     def write_json(self, name: str | os.PathLike, data: dict) -> None:
@@ -369,16 +369,6 @@ def open_existing(path: str | os.PathLike) -> RunDir:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def fingerprint_file(path: str | os.PathLike) -> dict:
-    """(bytes, sha256) of a data file, read in chunks."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"bytes": size, "sha256": digest.hexdigest()}
 
 
 def changes(saved: dict, now: dict, keys) -> list[str]:

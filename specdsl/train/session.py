@@ -22,7 +22,8 @@ from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
 from ..system import available_memory
 from ..version import __version__
 from . import rundir
-from .data import TRAIN_FRACTION, TokenData, Tokenizer, builtin_text, encode_array, read_corpus
+from .corpus import open_corpus, splits
+from .data import TokenData, Tokenizer, builtin_text
 from .pairs import MAX_LEN, ReversalData
 
 
@@ -37,7 +38,7 @@ class Session:
     plan: rundir.Plan
     record: dict  # run.json: the run's identity
     tokenizer: Tokenizer | None
-    ids: Any = None  # the tokenized corpus, for a run that starts (None when it resumes)
+    ids: dict | None = None  # the corpus's ids, {"train", "val"}: corpus.Split (None when it resumes)
     sources: tuple = ()
     pairs: ReversalData | None = None  # a sequence-to-sequence model's data (built from the seed, never stored)
 
@@ -78,7 +79,7 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
         tokenizer, ids, data = _text(probe.model, plan, saved, config)
         compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer)
         if ids is not None:
-            _check_splits(len(ids), compiled.model, overrides, config.data)
+            _check_splits(ids, compiled.model, overrides, config.data)
         _check_batch_memory(config, contract(compiled.model).context)
     elif saved is not None:
         compiled = load(spec_path, preset=preset, overrides=overrides)
@@ -86,6 +87,7 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
               "sources": _source_list(compiled.model),
               "uses": [list(link) for link in compiled.model.uses], "preset": preset, "overrides": overrides,
               "config": asdict(config), "data": data, "tokenizer": tokenizer.to_json() if tokenizer else None,
+              "split": _split_record(ids, config) if ids is not None else (saved or {}).get("split"),
               "world_size": world,
               "contract": contract(compiled.model).to_json()}  # for readers of the run; specc recomputes it
     torch.manual_seed(config.seed)
@@ -129,17 +131,29 @@ def _text(model: ir.Model, plan: rundir.Plan, saved: dict | None, config: TrainC
         tokenizer = rundir.RunDir(plan.path).tokenizer()
         _check_data(saved, config)
         return tokenizer, None, saved["data"]
-    text = read_corpus(config.data) if config.data else builtin_text()
-    data = rundir.fingerprint_file(config.data) if config.data else {"builtin": rundir.sha256(text.encode())}
+    corpus = open_corpus(config.data) if config.data else None
+    text = None if corpus else builtin_text()
+    data = corpus.fingerprint() if corpus else {"builtin": rundir.sha256(text.encode())}
     if saved is not None and saved.get("data") != data:
         raise SpecError(f"cannot resume '{plan.path}': the data changed since the run started",
                         Span("--data", 0, 0), hint="resume with the data the run started from")
+    if corpus and corpus.pretokenized and not (config.tokenizer == "byte" or os.path.exists(config.tokenizer)):
+        raise SpecError(f"'{config.data}' holds token ids: --tokenizer must name the tokenizer they were made with",
+                        Span("--tokenizer", 0, 0), hint="--tokenizer TOKENIZER.json (or its folder), or byte for ids "
+                                                        "of bytes")
     # A model that attends to later positions would read the next token: it learns masked tokens instead.
     try:
-        tokenizer = Tokenizer.fit(config.tokenizer, text, mask=not contract(model).causal)
+        tokenizer = Tokenizer.fit_texts(config.tokenizer, corpus.texts if corpus else lambda: iter([text]),
+                                        mask=not contract(model).causal)
     except ValueError as e:  # a tokenizer.json that tokenizers cannot read
         raise SpecError(str(e), Span("--tokenizer", 0, 0)) from None
-    return tokenizer, encode_array(tokenizer, text), data
+    return tokenizer, splits(corpus, tokenizer, text), data
+
+
+def _split_record(parts: dict, config: TrainConfig) -> dict:
+    given = bool(config.data) and open_corpus(config.data).kind == "split"
+    return {"train": len(parts["train"]), "val": len(parts["val"]),
+            "by": "the data's own train.bin and val.bin" if given else "the first 90% of the tokens train"}
 
 
 def _fit_to_data(spec_path: str, preset: str | None, overrides: dict, model: ir.Model, tokenizer: Tokenizer):
@@ -182,9 +196,9 @@ def _check_unchanged(saved: dict, out: Path, preset, overrides: dict, config: Tr
 def _check_data(saved: dict, config: TrainConfig) -> None:
     """The data file a run started from, if it is still there, must be unchanged (the run trains on its own copy of
     the tokens; a changed file would mean another run)."""
-    if not config.data or not os.path.isfile(config.data):
+    if not config.data or not os.path.exists(config.data):
         return
-    now = rundir.fingerprint_file(config.data)
+    now = open_corpus(config.data).fingerprint()
     if now != saved.get("data"):
         raise SpecError(f"cannot resume: '{config.data}' changed since the run started ({saved['data'].get('bytes')} "
                         f"bytes, sha256 {str(saved['data'].get('sha256'))[:12]}... -> {now['bytes']} bytes, sha256 "
@@ -206,10 +220,10 @@ def _check_batch_memory(config: TrainConfig, ctx: int) -> None:
                         hint="a smaller --batch, or --accum to split it into micro-batches")
 
 
-def _check_splits(tokens: int, model: ir.Model, overrides: dict, data: str | None) -> None:
+def _check_splits(parts: dict, model: ir.Model, overrides: dict, data: str | None) -> None:
     ctx = contract(model).context
-    split = int(tokens * TRAIN_FRACTION)
-    for name, size in (("training", split), ("validation", tokens - split)):
+    tokens = sum(len(part) for part in parts.values())
+    for name, size in (("training", len(parts["train"])), ("validation", len(parts["val"]))):
         if size <= ctx + 1:
             context_name = context_hyperparameter(model, overrides)  # only now: it elaborates the spec again
             raise SpecError(f"the data is too short: {tokens:,} tokens leave {size:,} for {name}, and a window needs "
@@ -230,12 +244,14 @@ def start(session: Session) -> rundir.RunDir:
             _write_sources(run, session)
             if session.ids is not None:
                 (run.path / rundir.DATA).mkdir(exist_ok=True)
-                TokenData.prepare(session.ids, session.tokenizer, lambda name, data: run.write_bytes(
-                    Path(rundir.DATA) / name, data))
+                TokenData.prepare(session.ids, session.tokenizer, lambda name, chunks: run.write_bytes(
+                    Path(rundir.DATA) / name, chunks))
             elif session.pairs is not None:  # the strings come from the seed; sample and export read the tokenizer
                 (run.path / rundir.DATA).mkdir(exist_ok=True)
                 run.write_bytes(Path(rundir.DATA) / "tokenizer.json",
                                 json.dumps(session.tokenizer.to_json()).encode("utf-8"))
+            for part in (session.ids or {}).values():
+                part.tokens.close()  # a temporary file of tokenized text goes with it
             session.ids = None  # on disk now; the loop reads it through a memory map
             kept = ""
         run.write_bytes(rundir.METRICS, kept.encode("utf-8"))
