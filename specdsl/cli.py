@@ -90,8 +90,10 @@ def train_cmd(
     spec: str = typer.Argument(..., help="The spec file."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="A named preset of the spec."),
     sets: list[str] = typer.Option([], "--set", "-s", help="Override a hyperparameter: --set dropout=0.2."),
-    data: Optional[str] = typer.Option(None, "--data", help="A text file; without it, the built-in corpus."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="char (default) or byte."),
+    data: Optional[str] = typer.Option(None, "--data", help="A text file, a folder of .txt files, a .jsonl or "
+                                       "nanoGPT's .bin token ids; without it, the built-in corpus."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="char (default; with --init-from, the "
+                                            "tokenizer that came with it), byte, bpe:VOCAB, or a tokenizer.json."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Sequences per step (global, all processes)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -100,6 +102,9 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes, through torchrun (DDP; gloo on CPU)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard parameters with FSDP2 (with --nproc)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from",
+                                            help="Start from these weights (fine-tuning): a Hugging Face checkpoint "
+                                                 "folder, a .safetensors file or a specc run directory."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between evaluations."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Evaluations without improvement to stop."),
     accum: Optional[int] = typer.Option(None, "--accum", help="Gradient accumulation micro-batches."),
@@ -118,8 +123,7 @@ def train_cmd(
         raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     flags = dict(data=data, tokenizer=tokenizer, steps=steps, batch=batch, lr=lr, seed=seed, out=out,
                  eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, decay_steps=decay_steps,
-                 dtype=dtype,
-                 fsdp=fsdp or None)
+                 dtype=dtype, fsdp=fsdp or None, init_from=init_from)
     from .launch import register_worker
     from .train.loop import ReportedByRankZero, TrainingInterrupted, train
     register_worker()

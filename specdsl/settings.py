@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -28,11 +29,12 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
     seed: int = 1337
     dtype: str = "fp32"  # or "bf16": autocast
-    tokenizer: str = "char"
+    tokenizer: str | None = None  # char; or the tokenizer that came with --init-from
     data: str | None = None  # a text file; None: the built-in corpus
     out: str | None = None  # run directory; runs/<model> by default
     aux_loss: float = 0.01  # weight of the MoE load-balancing loss
     fsdp: bool = False
+    init_from: str | None = None  # a Hugging Face checkpoint folder or a specc run: the weights to start from
 
     @classmethod
     def names(cls) -> list[str]:
@@ -62,6 +64,8 @@ _RANGES = {
     "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "dtype": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
     "tokenizer": (lambda v: tokenizer_choice_problem(v) is None, tokenizer_choice_problem),  # what: a function
+    "init_from": (lambda v: os.path.exists(v), "a Hugging Face checkpoint folder, a weights file or a specc run "
+                  "directory that exists"),
 }
 
 
@@ -80,7 +84,7 @@ def setting_problem(name: str, value: Any) -> str | None:
 
 # Settings that must not change when a run is resumed: they change what the model or the data is.
 # (The data is compared by content, not by path: train/rundir.py keeps its fingerprint.)
-RESUME_INVARIANTS = ("batch", "accum", "seed", "tokenizer", "dtype")
+RESUME_INVARIANTS = ("batch", "accum", "seed", "tokenizer", "dtype", "init_from")
 
 
 def setting_type(name: str):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import codecs
 import functools
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+KINDS = ("char", "byte", "subword")  # Tokenizer.kind
 BPE_PREFIX = "bpe:"
 MIN_BPE_VOCAB = 257  # the 256 bytes of the byte-level alphabet, and at least one merge
 
@@ -61,14 +63,26 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
     return model.to_str()
 
 
+SPECC_FORMAT = "specc:"  # read_tokenizer_json's mark on a specc run's tokenizer.json (not a tokenizers model)
+
+
 def read_tokenizer_json(value: str) -> str:
-    """A tokenizer.json's text (or the one in a folder), checked by loading it; ValueError says why not."""
+    """A tokenizer.json's text (or the one in a folder), checked by loading it: a Hugging Face tokenizers model, or
+    (marked SPECC_FORMAT) specc's description of a run's tokenizer; ValueError says why neither."""
     path = tokenizer_file(value)
     try:
         text = path.read_text(encoding="utf-8")
-        _subword(text)
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read '{path}': {e}") from None
+    try:
+        described = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"'{path}' is not a tokenizer.json: not JSON ({e})") from None
+    if isinstance(described, dict) and described.get("kind") in KINDS:
+        Tokenizer.from_json(described)  # ValueError when damaged
+        return SPECC_FORMAT + text
+    try:
+        _subword(text)
     except Exception as e:  # tokenizers raises its own Exception for JSON it cannot take
         raise ValueError(f"'{path}' is not a tokenizer.json that Hugging Face tokenizers reads ({e})") from None
     return text
@@ -108,7 +122,10 @@ class Tokenizer:
             raise ValueError(f"unknown tokenizer '{kind}': {problem}")
         if kind.startswith(BPE_PREFIX):
             return cls("subword", mask=mask, model=train_bpe(texts(), int(kind[len(BPE_PREFIX):])))
-        return cls("subword", mask=mask, model=read_tokenizer_json(kind))
+        text = read_tokenizer_json(kind)
+        if text.startswith(SPECC_FORMAT):  # a specc run's own (RUN/data/tokenizer.json): as it was trained
+            return replace(cls.from_json(json.loads(text[len(SPECC_FORMAT):])), mask=mask)
+        return cls("subword", mask=mask, model=text)
 
     @property
     def data_size(self) -> int:
@@ -194,7 +211,7 @@ class Tokenizer:
     @classmethod
     def from_json(cls, data) -> Tokenizer:
         """The tokenizer a run or an exported file describes; ValueError when the description is not one."""
-        if not isinstance(data, dict) or data.get("kind") not in ("char", "byte", "subword"):
+        if not isinstance(data, dict) or data.get("kind") not in KINDS:
             raise ValueError("not a tokenizer: expected {\"kind\": \"char\", \"byte\" or \"subword\", ...}")
         chars, mask, bos_eos = data.get("chars", ""), data.get("mask", False), data.get("bos_eos", False)
         if not isinstance(chars, str) or not isinstance(mask, bool) or not isinstance(bos_eos, bool):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..version import __version__
 from . import rundir
 from .corpus import open_corpus, splits
 from .data import TokenData, Tokenizer, builtin_text
+from .init import init_source, load_initial_weights
 from .pairs import MAX_LEN, ReversalData
 
 
@@ -68,6 +69,9 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
     if config.batch % config.accum:
         raise SpecError(f"batch {config.batch} is not divisible by accum {config.accum}", Span("--accum", 0, 0))
 
+    init = init_source(config.init_from) if config.init_from else None
+    if config.tokenizer is None:  # char, unless a tokenizer came with the weights to start from
+        config = replace(config, tokenizer=init.tokenizer if init and init.tokenizer else "char")
     tokenizer, ids, data, pairs = None, None, {"builtin": "digits"}, None
     compiled = probe
     if contract(probe.model).source is not None:
@@ -77,7 +81,7 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
         _check_pair_lengths(compiled.model, overrides)
     elif contract(probe.model).language_model:
         tokenizer, ids, data = _text(probe.model, plan, saved, config)
-        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer)
+        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer, init.vocab if init else None)
         if ids is not None:
             _check_splits(ids, compiled.model, overrides, config.data)
         _check_batch_memory(config, contract(compiled.model).context)
@@ -92,6 +96,9 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
               "contract": contract(compiled.model).to_json()}  # for readers of the run; specc recomputes it
     torch.manual_seed(config.seed)
     module = to_torch(compiled)  # the memory guard speaks now, before anything is written
+    if init is not None:
+        record["init_from"] = (saved or {}).get("init_from") if plan.last_step is not None else \
+            init.record(load_initial_weights(module, init))
     return Session(str(spec_path), compiled, module, config, plan, record, tokenizer, ids, compiled.model.sources,
                    pairs)
 
@@ -156,13 +163,15 @@ def _split_record(parts: dict, config: TrainConfig) -> dict:
             "by": "the data's own train.bin and val.bin" if given else "the first 90% of the tokens train"}
 
 
-def _fit_to_data(spec_path: str, preset: str | None, overrides: dict, model: ir.Model, tokenizer: Tokenizer):
-    """The spec compiled with the data's vocabulary (as nanoGPT's meta.pkl), set through whichever hyperparameter
-    the model's vocabulary follows, whatever its name (an explicit --set of it wins; `overrides` records it). A
-    vocabulary smaller than the data's is refused."""
+def _fit_to_data(spec_path: str, preset: str | None, overrides: dict, model: ir.Model, tokenizer: Tokenizer,
+                 vocab: int | None = None):
+    """The spec compiled with the data's vocabulary (as nanoGPT's meta.pkl), or `vocab`, the one of the weights a
+    run starts from (a checkpoint may pad it past its tokenizer's), set through whichever hyperparameter the model's
+    vocabulary follows, whatever its name (an explicit --set of it wins; `overrides` records it). A vocabulary
+    smaller than the data's is refused."""
     vocab_name = vocabulary_hyperparameter(model, overrides)
     if vocab_name is not None and vocab_name not in overrides:
-        overrides[vocab_name] = tokenizer.vocab_size
+        overrides[vocab_name] = vocab or tokenizer.vocab_size
     compiled = load(spec_path, preset=preset, overrides=overrides)
     vocab = contract(compiled.model).vocab
     if vocab is not None and vocab < tokenizer.vocab_size:
@@ -300,4 +309,7 @@ def follow(spec_path: str, shared: dict) -> tuple[Session, rundir.RunDir]:
     config = TrainConfig(**shared["config"])
     pairs = ReversalData(config.seed) if contract(compiled.model).source is not None else None
     torch.manual_seed(config.seed)
-    return Session(spec_path, compiled, to_torch(compiled), config, plan, record, tokenizer, pairs=pairs), run
+    module = to_torch(compiled)
+    if config.init_from and not shared["resuming"]:  # every rank starts from them (FSDP shards what each holds)
+        load_initial_weights(module, init_source(config.init_from))
+    return Session(spec_path, compiled, module, config, plan, record, tokenizer, pairs=pairs), run
