@@ -70,6 +70,12 @@ def qwen2(vocab, d, layers, heads, kv_heads, ffn, tied=True):
         num_key_value_heads=kv_heads, intermediate_size=ffn, tie_word_embeddings=tied)
 
 
+def olmo2(vocab, d, layers, heads, kv_heads, ffn, bias=False):
+    return transformers.Olmo2ForCausalLM, transformers.Olmo2Config(
+        vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=ffn, attention_bias=bias)
+
+
 def phi(vocab, d, layers, heads, ffn, rotary_dims):
     return transformers.PhiForCausalLM, transformers.PhiConfig(
         vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
@@ -106,6 +112,9 @@ CASES = [
     ("gemma.spec", None, dict(vocab=97, d=30, layers=1, heads=4, kv_heads=2, head_dim=6, ffn=41), gemma),
     ("qwen2.spec", None, dict(vocab=303, d=56, layers=2, heads=7, kv_heads=1, ffn=90), qwen2),
     ("qwen2.spec", None, dict(vocab=99, d=48, layers=3, heads=6, kv_heads=3, ffn=37, tied=False), qwen2),
+    ("olmo2.spec", None, dict(vocab=301, d=64, layers=2, heads=4, kv_heads=4, ffn=100), olmo2),
+    ("olmo2.spec", None, dict(vocab=99, d=48, layers=3, heads=6, kv_heads=2, ffn=37, bias=True), olmo2),
+    ("olmo2.spec", None, dict(vocab=50, d=30, layers=1, heads=5, kv_heads=1, ffn=41), olmo2),
     ("phi.spec", None, dict(vocab=211, d=40, layers=2, heads=4, ffn=77, rotary_dims=4), phi),
     ("phi.spec", None, dict(vocab=97, d=36, layers=1, heads=3, ffn=50, rotary_dims=12), phi),
     ("gpt-neox.spec", None, dict(vocab=307, d=64, layers=2, heads=4, ffn=100), neox),
@@ -144,6 +153,10 @@ FULL = [
     ("gemma.spec", "7b", 8_537_680_896, lambda: gemma(256000, 3072, 28, 16, 16, 256, 24576)),
     # Qwen/Qwen2-0.5B: 494,032,768 (Qwen2 technical report, 0.49B with tied embeddings)
     ("qwen2.spec", None, 494_032_768, lambda: qwen2(151936, 896, 24, 14, 2, 4864)),
+    # allenai/OLMo-2-1124-7B: HF's count of its config, 7,298,617,344 (untied head; the model card's 7B)
+    ("olmo2.spec", None, 7_298_617_344, lambda: olmo2(100352, 4096, 32, 32, 32, 11008)),
+    # allenai/OLMo-2-0425-1B: 1,484,916,736
+    ("olmo2.spec", "1b", 1_484_916_736, lambda: olmo2(100352, 2048, 16, 16, 16, 8192)),
     # microsoft/phi-2: 2,779,683,840 (partial_rotary_factor 0.4: 32 of 80 dims)
     ("phi.spec", None, 2_779_683_840, lambda: phi(51200, 2560, 32, 32, 10240, 32)),
     # EleutherAI/gpt-neox-20b: 20,554,567,680

@@ -7,7 +7,8 @@ weights in a LLaMA spec and the reverse (same names and shapes, different output
 import json
 
 import pytest
-from test_hf_logits_parity import gemma, gpt2, llama, neox, opt, perturb, phi, qwen2
+from test_hf_logits_parity import gemma, gpt2, llama, neox, olmo2, opt, perturb, phi, qwen2
+from test_quirks import QWEN3, qwen3
 
 import specdsl
 from conftest import SPECS
@@ -34,6 +35,8 @@ CASES = [
      "phi", "phi"),
     ("gpt-neox.spec", dict(vocab=95, ctx=16, d=64, layers=2, heads=4, ffn=100, rotary_dims=4, rope_theta=10000.0),
      neox, "gpt-neox", "gpt_neox"),
+    ("olmo2.spec", dict(vocab=90, ctx=16, d=48, layers=2, heads=6, kv_heads=2, ffn=70, eps=1e-6, rope_theta=5e5),
+     olmo2, "olmo2", "olmo2"),
 ]
 
 
@@ -193,6 +196,75 @@ def test_llama_weights_into_a_gemma_spec_are_refused(tmp_path):
     text = str(e.value)
     assert "model_type 'llama'" in text and "unit_offset = true" in text and "specs/llama.spec" in text
     assert "a constant scale" in text and "scale_0" in text
+
+
+# OLMo 2 against LLaMA and Qwen3 of the same sizes: the same attention and MLP names; OLMo 2's q/k norms are over
+# the whole projection (Qwen3's over each head, LLaMA has none), its norms after each branch.
+QK = dict(vocab=50, ctx=16, d=32, layers=2, heads=4, kv_heads=2, ffn=40, eps=1e-6, rope_theta=1e6)
+
+
+def qwen3_module():
+    return specdsl.to_torch(specdsl.loads(QWEN3, name="qwen3.spec", overrides={
+        k: v for k, v in {**QK, "head_dim": 8}.items() if k != "ctx"})).eval()
+
+
+@pytest.fixture(scope="module")
+def olmo2_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    return save(olmo2(QK), tmp_path_factory.mktemp("olmo2"))
+
+
+def test_olmo2_weights_into_a_qwen3_or_llama_spec_are_refused(olmo2_folder):
+    with pytest.raises(ArchitectureError) as e:
+        specdsl.load_weights(qwen3_module(), olmo2_folder)
+    text = str(e.value)
+    assert "model_type 'olmo2'" in text and "q/k RMSNorm scope" in text
+    assert 'qk_norm_scope = "head"' in text and 'Fix: qk_norm_scope = "full"' in text
+    with pytest.raises(ArchitectureError) as e:
+        specdsl.load_weights(module_for("llama.spec", QK), olmo2_folder)
+    assert "q/k RMSNorm (Qwen3, OLMo 2)" in str(e.value) and "Fix: qk_norm = true" in str(e.value)
+
+
+def test_qwen3_or_llama_weights_into_an_olmo2_spec_are_refused(tmp_path):
+    torch.manual_seed(0)
+    module = module_for("olmo2.spec", QK)
+    with pytest.raises(ArchitectureError) as e:
+        specdsl.load_weights(module, save(qwen3({**QK, "head_dim": 8}), tmp_path / "qwen3"))
+    text = str(e.value)
+    assert "model_type 'qwen3'" in text and 'qk_norm_scope = "full"' in text and 'Fix: qk_norm_scope = "head"' in text
+    with pytest.raises(ArchitectureError) as e:
+        specdsl.load_weights(module, save(llama(QK), tmp_path / "llama"))
+    assert "model_type 'llama'" in str(e.value) and "Fix: qk_norm = false" in str(e.value)
+
+
+# OLMo 2's attention in a pre-norm block: every fact the config states agrees; only the norms' places differ.
+PRE_NORM = """
+block pre_norm(d: int, heads: int, kv_heads: int, ffn: int) {
+    input x
+    x = x + (x -> ln_1: RMSNorm(d, eps = 1e-6)
+              -> attn: Attention(d, heads, kv_heads = kv_heads, rope = true, rope_theta = 1000000.0, qk_norm = true,
+                                 qk_norm_scope = "full", qk_norm_eps = 1e-6))
+    x = x + (x -> ln_2: RMSNorm(d, eps = 1e-6) -> mlp: GatedMLP(d, ffn))
+    return x
+}
+model pre {
+    input tokens: int[batch, seq <= 16]
+    x = tokens -> embed: Embedding(50, 32) -> layers: repeat 2 { pre_norm(32, 4, 2, 40) }
+    return x -> norm: RMSNorm(32, eps = 1e-6) -> lm_head: Linear(32, 50, bias = false)
+}
+"""
+
+
+def test_olmo2_names_say_where_its_norms_are(olmo2_folder):
+    """The checks cannot see where a block puts its norms; the names do: a pre-norm block's ln_1 and ln_2 have no
+    olmo2 rule, and OLMo 2's post-branch norms are left over."""
+    module = specdsl.to_torch(specdsl.loads(PRE_NORM, name="pre.spec"))
+    with pytest.raises(WeightsError) as e:
+        specdsl.load_weights(module, olmo2_folder)
+    text = str(e.value)
+    assert not isinstance(e.value, ArchitectureError)
+    assert "layers.0.ln_1.weight (no olmo2 rule)" in text and "layers.0.ln_2.weight (no olmo2 rule)" in text
+    assert "model.layers.0.post_attention_layernorm.weight" in text
 
 
 def test_heads_that_shapes_cannot_see_are_refused(tmp_path):

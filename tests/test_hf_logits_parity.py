@@ -75,6 +75,13 @@ def qwen2(o):
         rope_theta=o["rope_theta"], tie_word_embeddings=o.get("tied", True), max_position_embeddings=o["ctx"]))
 
 
+def olmo2(o):
+    return transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
+        vocab_size=o["vocab"], hidden_size=o["d"], num_hidden_layers=o["layers"], num_attention_heads=o["heads"],
+        num_key_value_heads=o["kv_heads"], intermediate_size=o["ffn"], rms_norm_eps=o["eps"],
+        rope_theta=o["rope_theta"], attention_bias=o.get("bias", False), max_position_embeddings=o["ctx"]))
+
+
 def phi(o):
     return transformers.PhiForCausalLM(transformers.PhiConfig(
         vocab_size=o["vocab"], hidden_size=o["d"], num_hidden_layers=o["layers"], num_attention_heads=o["heads"],
@@ -125,6 +132,11 @@ CASES = [
                               rope_theta=1e6), qwen2),
     ("qwen2.spec", None, dict(vocab=71, ctx=16, d=48, layers=2, heads=6, kv_heads=3, ffn=37, eps=1e-5,
                               rope_theta=10000.0, tied=False), qwen2),
+    ("olmo2.spec", None, dict(vocab=90, ctx=16, d=64, layers=2, heads=4, kv_heads=4, ffn=100, eps=1e-6,
+                              rope_theta=500000.0), olmo2),
+    # GQA (k_norm over kv_heads * head_dim, q_norm over heads * head_dim) and attention_bias (q, k, v and o_proj)
+    ("olmo2.spec", None, dict(vocab=71, ctx=16, d=48, layers=2, heads=6, kv_heads=2, ffn=37, eps=1e-5,
+                              rope_theta=10000.0, bias=True), olmo2),
     ("phi.spec", None, dict(vocab=89, ctx=16, d=40, layers=2, heads=4, ffn=77, rotary_dims=4, rope_theta=10000.0),
      phi),
     ("phi.spec", None, dict(vocab=67, ctx=16, d=36, layers=2, heads=3, ffn=50, rotary_dims=12, rope_theta=100.0),

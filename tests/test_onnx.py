@@ -33,6 +33,7 @@ FAMILIES = [
     ("phi.spec", None, {**SMALL, "ffn": 40, "rotary_dims": 4}),  # partial rotary, parallel block
     ("gpt-neox.spec", None, {**SMALL, "ffn": 40}),
     ("opt.spec", None, {**SMALL, "ffn": 40}),  # positions from row 2
+    ("olmo2.spec", None, {**SMALL, "kv_heads": 2, "ffn": 40}),  # q/k norms over all heads, norms after branches
 ]
 
 

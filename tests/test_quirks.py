@@ -2,7 +2,8 @@
 (tiny models built from config objects, every parameter perturbed; float32, max |difference| <= 1e-5):
 ALiBi and the per-head fused query_key_value (BLOOM), q/k RMSNorm (Qwen3), interleaved partial rotary (GPT-J).
 And incremental decoding (torch_backend.Decoder, a KV cache) equals the full forward pass for every quirk that
-reads positions: partial rotary, interleaved rotary, ALiBi, q/k norms, a positional embedding with an offset."""
+reads positions: partial rotary, interleaved rotary, ALiBi, q/k norms (per head and over all heads), a positional
+embedding with an offset."""
 
 import pytest
 from test_hf_logits_parity import perturb
@@ -124,6 +125,7 @@ DECODE = [
     ("gemma.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4, kv_heads=2, head_dim=10, ffn=50)),
     (BLOOM, dict(vocab=40, d=36, layers=2, heads=6)),  # ALiBi
     (QWEN3, {}),  # q/k norms
+    ("olmo2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4, kv_heads=2, ffn=50)),  # q/k norms of all heads
     (GPTJ, dict(rotary_dims=6)),  # interleaved, partial
 ]
 

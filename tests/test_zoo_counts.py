@@ -32,6 +32,8 @@ REFERENCE = [
     ("gpt-neox.spec", None, 20_554_567_680, None),
     ("gpt-neox.spec", "pythia-160m", 162_322_944, None),
     ("opt.spec", None, 125_239_296, None),
+    ("olmo2.spec", None, 7_298_617_344, None),
+    ("olmo2.spec", "1b", 1_484_916_736, None),
 ]
 
 # Backbones ("base" column): the model without its output head.

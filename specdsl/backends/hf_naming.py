@@ -179,6 +179,23 @@ LLAMA = Family("llama", ("model.", ""), model_types=("llama", "mistral", "qwen2"
     "lm_head.weight": "^lm_head.weight",
 })
 
+# OLMo 2 (Olmo2ForCausalLM): LLaMA's names for the embedding, attention (q_norm and k_norm over the whole
+# projection) and MLP, the output projection's bias with attention_bias, and no input norms: olmo2_block's norms
+# come after each branch (post_attention_layernorm, post_feedforward_layernorm), so a pre-norm spec's ln_1 has no
+# rule here.
+OLMO2 = Family("olmo2", ("model.", ""), model_types=("olmo2",), rules={
+    "embed.weight": "embed_tokens.weight",
+    **{k: v for k, v in _LLAMA_LAYER.items() if ".ln_" not in k},
+    "layers.{i}.attn.out.bias": "layers.{i}.self_attn.o_proj.bias",
+    "layers.{i}.post_attn_norm.weight": "layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.mlp.gate.weight": "layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.mlp.up.weight": "layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.mlp.down.weight": "layers.{i}.mlp.down_proj.weight",
+    "layers.{i}.post_mlp_norm.weight": "layers.{i}.post_feedforward_layernorm.weight",
+    "norm.weight": "norm.weight",
+    "lm_head.weight": "^lm_head.weight",
+})
+
 MIXTRAL = Family("mixtral", ("model.", ""), model_types=("mixtral",), rules={
     "embed.weight": "embed_tokens.weight",
     **_LLAMA_LAYER,
@@ -338,7 +355,8 @@ _ROPE_TYPE = Check("rotary scaling (rope_type)", ("Attention",), None,
                    "no specc spec reproduces this rotary scaling: the checkpoint cannot be loaded faithfully")
 
 
-def _llama_like(unit_offset: bool, qk_norm: bool = False, bias=None, scale: bool = False, window=None) -> tuple:
+def _llama_like(unit_offset: bool, qk_norm: bool = False, bias=None, scale: bool = False, window=None,
+                qk_norm_scope: str = "head") -> tuple:
     return (
         Check("RMSNorm weight offset (Gemma's RMSNorm scales by 1 + weight)", ("RMSNorm",), "unit_offset",
               const(unit_offset), "unit_offset = {value} on every RMSNorm (llama_block(..., unit_offset = {value}))"
@@ -353,7 +371,11 @@ def _llama_like(unit_offset: bool, qk_norm: bool = False, bias=None, scale: bool
         _ROPE_TYPE,
         Check("q/k/v bias", ("Attention",), "bias", bias or cfg("attention_bias", default=False),
               "bias = {value} on Attention"),
-        Check("q/k RMSNorm (Qwen3)", ("Attention",), "qk_norm", const(qk_norm), "qk_norm = {value} on Attention"),
+        Check("q/k RMSNorm (Qwen3, OLMo 2)", ("Attention",), "qk_norm", const(qk_norm),
+              "qk_norm = {value} on Attention"),
+        Check("q/k RMSNorm scope (over each head: Qwen3; over the whole projection: OLMo 2)", ("Attention",),
+              "qk_norm_scope", const(qk_norm_scope), "qk_norm_scope = {value} on Attention"
+              + (" (olmo2_block: specs/olmo2.spec)" if qk_norm_scope == "full" else " (llama_block)")),
         Check("sliding window", ("Attention",), "window", window or const(0), "--set window={value}"),
         _NO_ALIBI,
         _act_check("hidden_activation", "hidden_act", default="silu"),
@@ -379,6 +401,14 @@ MIXTRAL = replace(MIXTRAL, checks={"mixtral": (
     *_llama_like(False, window=_MISTRAL_WINDOW),
     Check("experts", ("MoE",), "experts", cfg("num_local_experts"), "--set experts={value}"),
     Check("experts per token", ("MoE",), "top_k", cfg("num_experts_per_tok"), "--set top_k={value}"),
+)})
+
+OLMO2 = replace(OLMO2, checks={"olmo2": (
+    *_llama_like(False, qk_norm=True, qk_norm_scope="full"),
+    Check("output projection bias", ("Attention",), "out_bias", cfg("attention_bias", default=False),
+          "out_bias = {value} on Attention (olmo2_block's bias sets both)"),
+    Check("q/k RMSNorm epsilon", ("Attention",), "qk_norm_eps", cfg("rms_norm_eps"), "qk_norm_eps = {value} on "
+          "Attention (olmo2_block's eps sets it)", tol=1e-6),
 )})
 
 _LN_ABSOLUTE = (Check("rotary positions", ("Attention",), "rope", const(False), "rope = false on Attention"),
@@ -430,7 +460,7 @@ BLOOM = replace(BLOOM, checks={"bloom": (
     Check("ALiBi", ("Attention",), "alibi", const(True), "alibi = true on Attention (gpt_block(..., alibi = true))"),
     Check("rotary positions", ("Attention",), "rope", const(False), "rope = false on Attention"), _NO_SCALE)})
 
-FAMILIES = (GPT2, GPT1, LLAMA, MIXTRAL, BERT, ALBERT, PHI, GPT_NEOX, OPT, GPTJ, BLOOM)
+FAMILIES = (GPT2, GPT1, LLAMA, MIXTRAL, OLMO2, BERT, ALBERT, PHI, GPT_NEOX, OPT, GPTJ, BLOOM)
 MODEL_TYPES = {t: f for f in FAMILIES for t in f.model_types}
 
 

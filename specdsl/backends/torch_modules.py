@@ -141,7 +141,7 @@ class Attention(nn.Module):
     def __init__(self, d: int, heads: int, kv_heads: int, head_dim: int, causal: bool = True, bias: bool = False,
                  out_bias: bool = False, rope: bool = False, rope_theta: float = 10000.0, rotary_dims: int = 0,
                  rope_layout: str = "half", scale: float = 0.0, qk_norm: bool = False, qk_norm_eps: float = 1e-6,
-                 alibi: bool = False, window: int = 0, dropout: float = 0.0):
+                 qk_norm_scope: str = "head", alibi: bool = False, window: int = 0, dropout: float = 0.0):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.rope, self.rope_theta, self.window, self.dropout = causal, rope, rope_theta, window, dropout
@@ -150,10 +150,13 @@ class Attention(nn.Module):
         self.alibi = alibi
         self.qkv = nn.Linear(d, (heads + 2 * kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, d, bias=out_bias)
-        if qk_norm:  # Hugging Face Qwen3Attention's q_norm and k_norm: RMSNorm over one head's dims
-            self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
-            self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
-        self.qk_norm = qk_norm
+        # q/k RMSNorms over one head's dims (Hugging Face Qwen3Attention) or over the whole projection, every head
+        # at once (Olmo2Attention): "head", "full", or None without them.
+        self.qk_norm = qk_norm_scope if qk_norm else None
+        if qk_norm:
+            full = qk_norm_scope == "full"
+            self.q_norm = nn.RMSNorm(heads * head_dim if full else head_dim, eps=qk_norm_eps)
+            self.k_norm = nn.RMSNorm(kv_heads * head_dim if full else head_dim, eps=qk_norm_eps)
         self.decode: DecodeState | None = None
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -169,10 +172,12 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
         q, k, v = self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, h, hd).transpose(1, 2)
         k = k.view(B, T, kv, hd).transpose(1, 2)
         v = v.view(B, T, kv, hd).transpose(1, 2)
-        if self.qk_norm:
+        if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         state = self.decode
         offset = state.offset if state is not None else 0

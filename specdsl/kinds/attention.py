@@ -8,8 +8,10 @@ The quirks of real families, each an argument whose default is the plain form:
 - `rope_layout`: "half" pairs dim i with i + n/2 (GPT-NeoX, Hugging Face LLaMA's rotate_half), "interleaved" pairs
   2i with 2i + 1 (GPT-J, Meta's LLaMA reference code, RoFormer);
 - `scale`: the factor on q·k (1/sqrt(head_dim) by default, Vaswani et al. 2017; T5 uses 1, Raffel et al. 2020);
-- `qk_norm`: RMSNorm over each head's head_dim on q and on k before rotary positions (Qwen3, Hugging Face
-  Qwen3Attention's q_norm and k_norm; OLMo-2 normalises the whole projection instead, which this is not);
+- `qk_norm`: RMSNorm on q and on k before rotary positions; `qk_norm_scope` says over what: "head", each head's
+  head_dim (Qwen3, Hugging Face Qwen3Attention's q_norm and k_norm), or "full", the whole projection at once,
+  heads·head_dim for q and kv_heads·head_dim for k (OLMo 2, Team OLMo 2024, "2 OLMo 2 Furious"; Hugging Face
+  Olmo2Attention's q_norm and k_norm);
 - `position_bias`: a tensor added to the scores before softmax, [1 or batch, heads, seq, seq]: T5's relative
   position bias (RelativePositionBias, Raffel et al. 2020), computed once by a stack and shared by its layers;
 - `alibi`: attention with linear biases (Press et al. 2022), slope_h * (key position - query position) added to
@@ -17,7 +19,8 @@ The quirks of real families, each an argument whose default is the plain form:
   power of two, those of the power below, then every other slope of the power above). No parameters.
 
 Parameters: one fused projection `qkv` [(heads + 2 kv_heads) head_dim, d] (nanoGPT's c_attn layout: q rows, then k,
-then v), the output projection `out` [d, heads head_dim], and with qk_norm `q_norm`/`k_norm` [head_dim].
+then v), the output projection `out` [d, heads head_dim], and with qk_norm `q_norm`/`k_norm` [head_dim] (scope
+"full": [heads head_dim] and [kv_heads head_dim]).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from .base import (
     positive,
     probability,
 )
+
+# What a q/k norm normalises over: one head's dims (Qwen3) or the whole projection, all heads at once (OLMo 2).
+QK_NORM_SCOPES = ("head", "full")
 
 
 def _default_head_dim(a):
@@ -70,8 +76,11 @@ class Attention(Kind):
                 "(interleaved: GPT-J)"),
         Arg("scale", float, lambda a: 1 / math.sqrt(a.head_dim), check=positive, default_doc="1 / sqrt(head_dim)",
             doc="factor on the scores q·k (T5: 1.0)"),
-        Arg("qk_norm", bool, False, doc="RMSNorm over head_dim on q and k before rope (Qwen3)"),
+        Arg("qk_norm", bool, False, doc="RMSNorm on q and k before rope (Qwen3, OLMo 2)"),
         Arg("qk_norm_eps", float, 1e-6, check=positive, doc="eps of those RMSNorms"),
+        Arg("qk_norm_scope", str, "head", choices=QK_NORM_SCOPES,
+            doc="with qk_norm: over each head's head_dim (head: Qwen3) or over the whole projection, heads·hd for "
+                "q and kv_heads·hd for k (full: OLMo 2)"),
         Arg("alibi", bool, False, doc="linear biases on the scores, BLOOM's and MPT's slopes (Press et al. 2022)"),
         Arg("window", int, 0, check=lambda v: non_negative(v) or int64(v),
             doc="sliding-window size; 0 means full attention"),
@@ -92,6 +101,9 @@ class Attention(Kind):
                 "float[2, seq <= 6, 24]"),
         Example("16, 4, kv_heads = 2, head_dim = 6, rope = true, rotary_dims = 2, qk_norm = true, qk_norm_eps = 1e-5",
                 "float[2, seq <= 5, 16]"),
+        # OLMo 2: q and k normalised over all their heads at once (weights [heads·hd] and [kv_heads·hd])
+        Example('16, 4, kv_heads = 2, head_dim = 6, rope = true, qk_norm = true, qk_norm_scope = "full"',
+                "float[2, seq <= 5, 16]"),
         Example("18, 3, alibi = true, bias = true, out_bias = false", "float[2, seq <= 6, 18]"),
         Example("20, 5, alibi = true, causal = false, window = 7", "float[1, 7, 20]"),
         # T5: no 1/sqrt(head_dim), a relative position bias shared by the stack
@@ -102,9 +114,9 @@ class Attention(Kind):
     )
     params_doc = ("`qkv.weight [(heads + 2·kv_heads)·hd, d]`, `qkv.bias [(heads + 2·kv_heads)·hd]`, "
                   "`out.weight [d, heads·hd]`, `out.bias [d]`; with qk_norm `q_norm.weight [hd]`, "
-                  "`k_norm.weight [hd]`")
+                  "`k_norm.weight [hd]` (scope full: `[heads·hd]`, `[kv_heads·hd]`)")
     shape_doc = ("`float[..., seq, d]` → same; `heads % kv_heads == 0`; with `rope` an even `rotary_dims` "
-                 "≤ `hd`")
+                 "≤ `hd`; `qk_norm_scope = \"full\"` only with `qk_norm`")
     flops_doc = ("`(2·d·(heads + 2·kv_heads)·hd + 2·heads·hd·d + 4·T·heads·hd)·N'`, T the keys a query reads "
                  "(the sequence bound, cut by the window)")
 
@@ -117,8 +129,9 @@ class Attention(Kind):
         if a.out_bias:
             p["out.bias"] = (a.d,)
         if a.qk_norm:
-            p["q_norm.weight"] = (a.head_dim,)
-            p["k_norm.weight"] = (a.head_dim,)
+            full = a.qk_norm_scope == "full"
+            p["q_norm.weight"] = (a.heads * a.head_dim if full else a.head_dim,)
+            p["k_norm.weight"] = (a.kv_heads * a.head_dim if full else a.head_dim,)
         return p
 
     def output_type(self, a, x):
@@ -130,6 +143,9 @@ class Attention(Kind):
             raise ShapeError(f"rotary_dims={a.rotary_dims} is more than head_dim={a.head_dim}")
         if a.rope and a.rotary_dims % 2:
             raise ShapeError(f"rotary positions rotate pairs of dims: rotary_dims must be even, got {a.rotary_dims}")
+        if a.qk_norm_scope != "head" and not a.qk_norm:
+            raise ShapeError(f'qk_norm_scope = "{a.qk_norm_scope}" says what the q/k norms normalise over, but '
+                             f"there are none: add qk_norm = true")
         expect_float(x, self.name)
         expect_last_dim(x, a.d, f"Attention(d={a.d})")
         if x.rank < 2:
@@ -182,7 +198,7 @@ class Attention(Kind):
             if a.rope_layout != "half":
                 parts.append(a.rope_layout)
         if a.qk_norm:
-            parts.append("qk_norm")
+            parts.append("qk_norm" if a.qk_norm_scope == "head" else f"qk_norm {a.qk_norm_scope}")
         if a.alibi:
             parts.append("alibi")
         if a.window:
