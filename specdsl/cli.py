@@ -111,7 +111,10 @@ def train_cmd(
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps."),
     decay_steps: Optional[int] = typer.Option(None, "--decay-steps",
                                               help="Step where the cosine ends (default: steps)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 or bf16 (autocast)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, bf16 or fp16 (autocast on the device; fp16 "
+                                                          "on a GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, mps or auto (default: cuda, else mps, "
+                                                                "else cpu)."),
     log_every: Optional[int] = typer.Option(None, "--log-every", min=0,
                                             help="Steps between status lines when not on a terminal (default: "
                                                  "eval-every / 5; 0: none)."),
@@ -129,7 +132,7 @@ def train_cmd(
     register_worker()
     try:
         train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume, log_every=log_every,
-              tensorboard=tensorboard)
+              tensorboard=tensorboard, device=device)
     except SpecError as e:
         _fail(e)
     except ReportedByRankZero:
@@ -177,11 +180,12 @@ def sample_cmd(
     top_k: Optional[int] = TOP_K,
     seed: int = SEED,
     overflow: Overflow = OVERFLOW,
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto (cuda, else mps, else cpu)."),
 ) -> None:
     """Generate text from a trained run with PyTorch, streaming tokens as they come."""
     from .commands.generate import sample_command
     try:
-        sample_command(run_dir, prompt, max_new_tokens, temperature, top_k, seed, overflow.value)
+        sample_command(run_dir, prompt, max_new_tokens, temperature, top_k, seed, overflow.value, device)
     except SpecError as e:
         _fail(e)
 

@@ -28,7 +28,7 @@ class TrainConfig:
     eval_batches: int = 20
     patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
     seed: int = 1337
-    dtype: str = "fp32"  # or "bf16": autocast
+    dtype: str = "fp32"  # or "bf16" or "fp16": autocast on the device (fp16 with loss scaling, on a GPU)
     tokenizer: str | None = None  # char; or the tokenizer that came with --init-from
     data: str | None = None  # a text file; None: the built-in corpus
     out: str | None = None  # run directory; runs/<model> by default
@@ -62,7 +62,7 @@ _RANGES = {
     "lr": (lambda v: v > 0, "positive"),
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "dtype": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    "dtype": (lambda v: v in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16"),
     "tokenizer": (lambda v: tokenizer_choice_problem(v) is None, tokenizer_choice_problem),  # what: a function
     "init_from": (lambda v: os.path.exists(v), "a Hugging Face checkpoint folder, a weights file or a specc run "
                   "directory that exists"),

@@ -32,6 +32,7 @@ from ..settings import TrainConfig
 from ..text import printable
 from . import checkpoint, report, rundir
 from .data import TokenData
+from .device import autocast, check_dtype, grad_scaler, process_group_backend, resolve_device
 from .session import Session, follow, prepare, start
 from .tasks import Classification, Seq2Seq, language_task
 
@@ -94,21 +95,21 @@ class _StopRequest:
         return bool(flag.item())
 
 
-def _distributed():
+def _distributed(device: torch.device):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(process_group_backend(device))
     return dist.get_rank(), dist.get_world_size()
 
 
-def _all_mean(value: float, world: int) -> float:
+def _all_mean(value: float, world: int, device: torch.device) -> float:
     if world == 1:
         return value
     import torch.distributed as dist
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)  # nccl reduces GPU tensors only
     dist.all_reduce(t)
     return t.item() / world
 
@@ -127,23 +128,25 @@ def _from_rank_zero(obj, world: int):
 
 def train(spec_path: str, preset: str | None = None, overrides: dict | None = None, flags: dict | None = None,
           resume: bool = False, console=None, progress: bool = True, log_every: int | None = None,
-          tensorboard: bool = False) -> dict:
+          tensorboard: bool = False, device: str | None = None) -> dict:
     """Train a spec; returns the summary (also written to <out>/summary.json). Everything is checked before the run
     directory is written (train/session.py); SIGINT and SIGTERM save the last completed step and raise
     TrainingInterrupted. `progress`: a progress bar on a terminal, else a status line every `log_every` steps
-    (report.default_log_every; 0: none); `tensorboard`: event files in RUN/tensorboard too."""
+    (report.default_log_every; 0: none); `tensorboard`: event files in RUN/tensorboard too; `device`: cpu, cuda,
+    mps or auto (train/device.py)."""
     import sys
 
     from rich.console import Console
     console = console or Console(width=None if sys.stdout.isatty() else 120)
-    rank, world = _distributed()
+    where = resolve_device(device)
+    rank, world = _distributed(where)
     if tensorboard:
         report.check_tensorboard()
     session, run = _prepare_every_rank(spec_path, preset, dict(overrides or {}), dict(flags or {}), resume, rank,
-                                       world)
+                                       world, where)
     try:
         with _StopRequest() as stop:  # from here on, SIGINT and SIGTERM stop training cleanly
-            trainer = Trainer.build(session, run, console, rank, world)
+            trainer = Trainer.build(session, run, console, rank, world, where)
             trainer.resume()
             if progress:
                 trainer.log_every = report.default_log_every(session.config.eval_every) if log_every is None \
@@ -155,13 +158,14 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
 
 
 def _prepare_every_rank(spec_path: str, preset: str | None, overrides: dict, flags: dict, resume: bool, rank: int,
-                        world: int) -> tuple[Session, rundir.RunDir]:
+                        world: int, device: torch.device) -> tuple[Session, rundir.RunDir]:
     """Rank 0 resolves and checks everything, then starts the run directory; the other ranks read back what it
     resolved (or stop, when it failed: it reports why, once)."""
     if rank != 0:
         return follow(spec_path, _from_rank_zero(None, world))
     try:
         session = prepare(spec_path, preset, overrides, flags, resume, world)
+        check_dtype(session.config.dtype, device)
         run = start(session)
     except BaseException:
         _from_rank_zero(None, world)
@@ -188,7 +192,9 @@ class Trainer:
     console: Any
     rank: int
     world: int
-    autocast: Any  # bf16 autocast, or nothing
+    autocast: Any  # bf16 or fp16 autocast on the device, or nothing
+    device: torch.device = torch.device("cpu")
+    scaler: Any = None  # fp16's GradScaler
     completed: int = 0  # steps done
     saved_step: int = 0  # the step of the last checkpoint written
     best_val: float = math.inf
@@ -213,7 +219,8 @@ class Trainer:
     # ---- build and resume ----
 
     @classmethod
-    def build(cls, session: Session, run: rundir.RunDir, console, rank: int, world: int) -> Trainer:
+    def build(cls, session: Session, run: rundir.RunDir, console, rank: int, world: int,
+              device: torch.device = torch.device("cpu")) -> Trainer:
         """The task, the optimizer and the batch generator around the session's module."""
         compiled, config, tokenizer = session.compiled, session.config, session.tokenizer
         if session.pairs is not None:
@@ -223,16 +230,16 @@ class Trainer:
             task = language_task(data, tokenizer, contract(compiled.model).context)
         else:
             task = Classification(image=compiled.model.inputs[0].type.rank == 4, seed=config.seed)
-        module = session.module
-        stepped = _parallel(module, config) if world > 1 else module
+        task.device = device
+        module = session.module.to(device)  # built and initialised on the CPU: the same weights on any device
+        stepped = _parallel(module, config, device) if world > 1 else module
         # fused: one kernel for the whole update instead of a Python loop over tensors (~2 ms of a 58 ms step of
         # the Shakespeare model on 2 cores; bench/shakespeare.py)
         optimizer = torch.optim.AdamW(_decay_groups(module, compiled.model, config.weight_decay), lr=config.lr,
-                                      betas=(config.beta1, config.beta2), fused=True)
+                                      betas=(config.beta1, config.beta2), fused=device.type in ("cpu", "cuda"))
         generator = torch.Generator().manual_seed(config.seed)
-        autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16) \
-            if config.dtype == "bf16" else contextlib.nullcontext()
-        return cls(session, run, task, module, stepped, optimizer, generator, console, rank, world, autocast)
+        return cls(session, run, task, module, stepped, optimizer, generator, console, rank, world,
+                   autocast(config.dtype, device), device, grad_scaler(config.dtype, device))
 
     def resume(self) -> None:
         """A resumed run: weights, optimizer, every generator and the trainer's state from its last checkpoint, so
@@ -244,6 +251,8 @@ class Trainer:
         self.best_step, self.history = state["best_step"], state["history"]
         self.best_val = math.inf if state["best_val"] is None else state["best_val"]
         self.overfit_step = state.get("overfitting_step")
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.say(f"[bold]resumed[/bold] {escape(printable(str(self.session.out)))} at step {self.completed}")
 
     def state(self, step: int) -> dict:
@@ -253,7 +262,8 @@ class Trainer:
                 "overfitting_step": self.overfit_step, "config": asdict(self.config),
                 "spec_hash": rundir.sha256(json.dumps(record["sources"]).encode()),
                 "overrides": record["overrides"], "preset": record["preset"],
-                "tokenizer": self.session.tokenizer.to_json() if self.session.tokenizer else None}
+                "tokenizer": self.session.tokenizer.to_json() if self.session.tokenizer else None,
+                **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
 
     # ---- the steps ----
 
@@ -312,18 +322,25 @@ class Trainer:
                 loss = self.task.loss(self.stepped, x, y)
                 aux = self.module.aux_loss()
                 objective = loss + config.aux_loss * aux if isinstance(aux, torch.Tensor) else loss
-            (objective / config.accum).backward()
+            scaled = objective / config.accum
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += loss.item() / config.accum
-        train_loss = _all_mean(total, self.world)
+        train_loss = _all_mean(total, self.world, self.device)
         if not math.isfinite(train_loss):
             raise SpecError(f"training diverged at step {step + 1}: the loss is {train_loss}",
                             Span(str(self.session.out), 0, 0),
                             hint=f"lower the learning rate (--lr {config.lr:g}) or raise warmup; "
                             + (f"the last checkpoint (step {self.saved_step}) is kept" if self.saved_step else
                                "no checkpoint was written"))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips a step whose gradients overflowed, and adjusts the scale
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_times.append(time.perf_counter() - started)
         return {"step": step + 1, "train_loss": train_loss, "lr": config.lr_at(step), "step_s": self.step_times[-1]}
@@ -462,7 +479,7 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _parallel(module, config: TrainConfig):
+def _parallel(module, config: TrainConfig, device: torch.device):
     if config.fsdp:
         from torch.distributed.fsdp import fully_shard
 
@@ -472,7 +489,7 @@ def _parallel(module, config: TrainConfig):
         fully_shard(module)
         return module
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(module)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _write_metrics(f, record: dict) -> None:

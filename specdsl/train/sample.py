@@ -15,9 +15,10 @@ from ..errors import Span, SpecError
 from . import checkpoint, rundir
 
 
-def load_run(run_dir: str | Path, which: str = "best"):
-    """(module in eval mode, tokenizer, context) of a run directory; `which` is best or last. The context is the
-    target's for a sequence-to-sequence model (module.spec's contract says which it is)."""
+def load_run(run_dir: str | Path, which: str = "best", device: str | None = "cpu"):
+    """(module in eval mode, tokenizer, context) of a run directory; `which` is best or last; the module on `device`
+    (train/device.py: cpu, cuda, mps, or None for auto). The context is the target's for a sequence-to-sequence
+    model (module.spec's contract says which it is)."""
     run = rundir.open_existing(run_dir)
     where = Span(str(run.path), 0, 0)
     folder = run.complete(which) or run.complete("last")
@@ -32,12 +33,19 @@ def load_run(run_dir: str | Path, which: str = "best"):
     if tokenizer.mask:
         raise SpecError(f"'{run.path}' holds a masked language model: it fills in [MASK] tokens from both sides and "
                         "does not continue text", where, hint="sample a causal model (GPT, LLaMA, nanoGPT)")
+    from .device import resolve_device
+    where = resolve_device(device)
     module = to_torch(compiled).eval()
     checkpoint.load_weights_into(module, folder)
-    return module, tokenizer, contract(compiled.model).context
+    return module.to(where), tokenizer, contract(compiled.model).context
+
+
+def _device_of(module) -> torch.device:
+    return next(module.parameters(), torch.empty(0)).device
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> int:
+    logits = logits.cpu()  # the seeded generator draws on the CPU, whatever the device: the same text anywhere
     if temperature <= 0:
         return int(logits.argmax())
     logits = logits / temperature
@@ -64,14 +72,16 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
     facts = contract(module.spec)
     decoder = Decoder(module) if cache and facts.causal and facts.cache else None
     start, past = prompt_start(len(ids), ctx), None
+    device = _device_of(module)
     for _ in range(max_new_tokens):
         if decoder is None:
-            logits = module(torch.tensor([ids[start:]], dtype=torch.long))
+            logits = module(torch.tensor([ids[start:]], dtype=torch.long, device=device))
             logits = logits[0] if isinstance(logits, tuple) else logits
         elif past is None:  # the window (re)starts: run it whole
-            logits, *past = decoder(torch.tensor([ids[start:]], dtype=torch.long), *decoder.empty_cache(1))
+            logits, *past = decoder(torch.tensor([ids[start:]], dtype=torch.long, device=device),
+                                    *decoder.empty_cache(1, device=device))
         else:
-            logits, *past = decoder(torch.tensor([ids[-1:]], dtype=torch.long), *past)
+            logits, *past = decoder(torch.tensor([ids[-1:]], dtype=torch.long, device=device), *past)
         token = next_token(logits[0, -1, :vocab].float(), temperature, top_k, generator)
         ids.append(token)
         yield token
@@ -90,16 +100,17 @@ def translate(module, source_ids: list[int], bos: int, eos: int, max_new_tokens:
     knows; [BOS] is never chosen."""
     facts = contract(module.spec)
     generator = torch.Generator().manual_seed(seed)
-    src = torch.tensor([source_ids], dtype=torch.long)
+    device = _device_of(module)
+    src = torch.tensor([source_ids], dtype=torch.long, device=device)
     ids = [bos]
     decoder = Seq2SeqDecoder(module) if cache else None
-    past = decoder.empty_cache(1) if decoder is not None else None
+    past = decoder.empty_cache(1, device=device) if decoder is not None else None
     for _ in range(min(max_new_tokens, facts.context)):
         if decoder is None:
-            logits = module(src, torch.tensor([ids], dtype=torch.long))
+            logits = module(src, torch.tensor([ids], dtype=torch.long, device=device))
             logits = logits[0] if isinstance(logits, tuple) else logits
         else:
-            logits, *past = decoder(src, torch.tensor([ids[-1:]], dtype=torch.long), *past)
+            logits, *past = decoder(src, torch.tensor([ids[-1:]], dtype=torch.long, device=device), *past)
         scores = logits[0, -1, :vocab].float().clone()
         scores[bos] = float("-inf")
         token = next_token(scores, temperature, top_k, generator)

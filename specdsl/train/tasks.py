@@ -10,17 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE, TokenData, Tokenizer, digits_dataset, mask_tokens
+from .device import to_device
 from .pairs import ReversalData
 
 
 class LanguageModelling:
     ignore_index = IGNORE  # a target that is not scored (none here; the masked objective's unchosen positions)
+    device = None  # where batches go (the trainer's --device); drawn on the CPU by the seeded generator
 
     def __init__(self, data: TokenData, tokenizer: Tokenizer, ctx: int):
         self.data, self.tokenizer, self.ctx = data, tokenizer, ctx
 
     def batch(self, split, size, generator, rank=0, world=1):
-        return self.data.batch(split, size, self.ctx, generator, rank, world)
+        return to_device(self.data.batch(split, size, self.ctx, generator, rank, world), self.device)
 
     def loss(self, module, x, y):
         logits = module(x)
@@ -43,7 +45,7 @@ class MaskedLanguageModelling(LanguageModelling):
     def batch(self, split, size, generator, rank=0, world=1):
         x, _ = self.data.batch(split, size, self.ctx, generator)  # the global batch, so every rank masks the same
         x, y = mask_tokens(x, self.tokenizer, generator)
-        return (x[rank::world], y[rank::world]) if world > 1 else (x, y)
+        return to_device((x[rank::world], y[rank::world]) if world > 1 else (x, y), self.device)
 
     def metrics(self, module, split, batches, size, seed):
         gen = torch.Generator().manual_seed(seed)
@@ -65,6 +67,8 @@ def language_task(data: TokenData, tokenizer: Tokenizer, ctx: int) -> LanguageMo
 
 
 class Classification:
+    device = None
+
     def __init__(self, image: bool, seed: int):
         (self.x, self.y), (self.vx, self.vy) = digits_dataset(image, seed)
 
@@ -72,7 +76,7 @@ class Classification:
         x, y = (self.x, self.y) if split == "train" else (self.vx, self.vy)
         idx = torch.randint(len(x), (size,), generator=generator)
         idx = idx[rank::world] if world > 1 else idx
-        return x[idx], y[idx]
+        return to_device((x[idx], y[idx]), self.device)
 
     def loss(self, module, x, y):
         return F.cross_entropy(module(x).float(), y)
@@ -81,7 +85,7 @@ class Classification:
         return size
 
     def metrics(self, module, split, batches, size, seed):
-        x, y = (self.x, self.y) if split == "train" else (self.vx, self.vy)
+        x, y = to_device((self.x, self.y) if split == "train" else (self.vx, self.vy), self.device)
         logits = module(x).float()
         return {"loss": F.cross_entropy(logits, y).item(),
                 "accuracy": (logits.argmax(-1) == y).float().mean().item()}
@@ -96,12 +100,13 @@ class Seq2Seq:
     encoded, the decoder reads `[BOS] target` and predicts `target [EOS]`; the loss is on every target token."""
 
     ignore_index = IGNORE
+    device = None
 
     def __init__(self, data: ReversalData):
         self.data, self.tokenizer = data, data.tokenizer
 
     def batch(self, split, size, generator, rank=0, world=1):
-        return self.data.batch(split, size, generator, rank, world)
+        return to_device(self.data.batch(split, size, generator, rank, world), self.device)
 
     def loss(self, module, x, y):
         logits = _logits(module(*x))
@@ -131,7 +136,7 @@ class Seq2Seq:
     @torch.no_grad()
     def greedy(self, module, src: torch.Tensor, steps: int) -> torch.Tensor:
         """Greedy targets [B, steps] of sources [B, n] of one length, each step a full forward pass (no cache)."""
-        tgt = torch.full((len(src), 1), self.tokenizer.bos_id, dtype=torch.long)
+        tgt = torch.full((len(src), 1), self.tokenizer.bos_id, dtype=torch.long, device=src.device)
         for _ in range(steps):
             logits = _logits(module(src, tgt))[:, -1].float()
             tgt = torch.cat((tgt, logits.argmax(-1, keepdim=True)), 1)
@@ -147,14 +152,14 @@ class DecoderOnlySeq2Seq(Seq2Seq):
         seq = torch.cat((src, tgt_in, tgt_out[:, -1:]), 1)
         y = seq[:, 1:].clone()
         y[:, :src.shape[1]] = self.ignore_index  # the source's tokens and [BOS] are given
-        return (seq[:, :-1],), y
+        return to_device(((seq[:, :-1],), y), self.device)
 
     def tokens(self, size):
         return size * (2 * self.data_mean_length() + 1)
 
     @torch.no_grad()
     def greedy(self, module, src: torch.Tensor, steps: int) -> torch.Tensor:
-        bos = torch.full((len(src), 1), self.tokenizer.bos_id, dtype=torch.long)
+        bos = torch.full((len(src), 1), self.tokenizer.bos_id, dtype=torch.long, device=src.device)
         seq = torch.cat((src, bos), 1)
         for _ in range(steps):
             logits = _logits(module(seq))[:, -1].float()
@@ -170,7 +175,7 @@ def exact_match(task: Seq2Seq, module, split: str = "test", batch: int = 250) ->
     for src, want in task.data.held_out(split):
         want = torch.cat((want, torch.full((len(want), 1), task.tokenizer.eos_id, dtype=torch.long)), 1)
         for i in range(0, len(src), batch):
-            got = task.greedy(module, src[i:i + batch], want.shape[1])
+            got = task.greedy(module, to_device(src[i:i + batch], task.device), want.shape[1]).cpu()
             right += int((got == want[i:i + batch]).all(-1).sum())
             total += len(got)
     module.train(was)
