@@ -44,7 +44,7 @@ from .. import ir
 @dataclass(frozen=True)
 class Leaf:
     """A layer with parameters: its path (with {i} for repeat iterations), kind, local parameter names (tied ones
-    too: they are the layer's) and the non-shared repeats around it as (placeholder, count)."""
+    too: they are the layer's) and the non-shared repeats around it as (index name "i", count)."""
     path: str
     kind: str
     params: tuple[str, ...]
@@ -77,8 +77,8 @@ def _scope(module: ir.Module, prefix: str, loops: tuple) -> tuple:
         elif child.is_repeat:
             inner, inner_loops = f"{prefix}{child.name}.", loops
             if not child.shared:
-                index = ir.repeat_index(inner)
-                inner, inner_loops = f"{inner}{index}.", loops + ((index, child.count),)
+                index = ir.repeat_index(inner)  # "{i}", "{j}" inside: as the IR's parameter paths
+                inner, inner_loops = f"{inner}{index}.", loops + ((index[1:-1], child.count),)
             body = _scope(child, inner, inner_loops)
             if body:
                 items.append(Loop(prefix + child.name, child.shared, body, inner[:-1], _where(child.span)))
@@ -146,7 +146,7 @@ def reference_names(ours: tuple, reference) -> dict[str, str]:
 def _unrolled(pairs) -> dict[str, str]:
     names = {}
     for ours, theirs in pairs:
-        placeholders = [p.strip("{}") for p, _ in ours.loops]
+        placeholders = [p for p, _ in ours.loops]
         for values in itertools.product(*(range(count) for _, count in ours.loops)):
             index = dict(zip(placeholders, map(str, values)))
             for local in ours.params:
