@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 torch.set_num_threads(1)
 
-from specdsl.backends.weights import ArchitectureError, WeightsError  # noqa: E402
+from specdsl.backends.weights import ArchitectureError, StructureError, WeightsError  # noqa: E402
 
 TOL = 1e-5
 
@@ -256,15 +256,15 @@ model pre {
 
 
 def test_olmo2_names_say_where_its_norms_are(olmo2_folder):
-    """The checks cannot see where a block puts its norms; the names do: a pre-norm block's ln_1 and ln_2 have no
-    olmo2 rule, and OLMo 2's post-branch norms are left over."""
+    """The checks cannot see where a block puts its norms; the structure does: a pre-norm block has a norm where
+    OLMo 2's block starts with attention (hf_structure: the spot named by the spec's own parameter)."""
     module = specdsl.to_torch(specdsl.loads(PRE_NORM, name="pre.spec"))
     with pytest.raises(WeightsError) as e:
         specdsl.load_weights(module, olmo2_folder)
     text = str(e.value)
     assert not isinstance(e.value, ArchitectureError)
-    assert "layers.0.ln_1.weight (no olmo2 rule)" in text and "layers.0.ln_2.weight (no olmo2 rule)" in text
-    assert "model.layers.0.post_attention_layernorm.weight" in text
+    assert isinstance(e.value, StructureError) and "layers.{i}.ln_1.weight (RMSNorm" in text
+    assert "the family expects Attention" in text and "post_attn_norm: RMSNorm" in text
 
 
 def test_heads_that_shapes_cannot_see_are_refused(tmp_path):

@@ -6,6 +6,9 @@ tried under each of the family's prefixes (GPT2LMHeadModel's "transformer." or G
 starts with "^" is absolute (an LM head). Where a family has several layouts (Mixtral's fused experts in memory,
 per-expert w1/w2/w3 as `save_pretrained` writes them), `First` takes the first whose keys exist.
 
+The paths are the labels of the family's reference spec (REFERENCES: its zoo spec, or a spec text); a spec with
+other labels is matched to it by structure (hf_structure.py), so each table is written once, in one spec's names.
+
 A family also names the Hugging Face `model_type`s (config.json) whose checkpoints it reads: Gemma's and Qwen2's
 names are LLaMA's (their quirks, GemmaRMSNorm's 1 + w and Qwen2's q/k/v biases, live in the spec, not in the names),
 so one table serves them.
@@ -124,6 +127,18 @@ class Family:
     rules: dict
     model_types: tuple[str, ...] = ()  # the config.json `model_type`s whose checkpoints these names read
     checks: dict = field(default_factory=dict)  # model_type -> its Checks (CHECKS below)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The spec a family's rule names are the labels of (REFERENCES below): `spec`, a zoo file (one variant per
+    preset of `presets`), or `text`, a spec of its own. load_weights matches any spec's parameters to it by
+    structure (hf_structure.py), so a spec's labels are free. `optional`: its layers a checkpoint's model may lack
+    (GPT2Model has no head, BertModel(add_pooling_layer=False) no pooler)."""
+    spec: str = ""
+    text: str = ""
+    presets: tuple = (None,)
+    optional: tuple[str, ...] = ()
 
 
 def _attn_qkv(p: str, w: str) -> Cat:
@@ -477,6 +492,43 @@ def family_for_config(config: dict) -> tuple[Family, str] | None:
             if low.startswith(stem) and low[len(stem):].startswith(("for", "lmhead", "model")):
                 return f, t
     return None
+
+
+# -- The spec whose labels each family's rules use: a spec with other labels is matched to it by structure. --------
+
+_HEADLESS = ("lm_head",)  # the *Model classes (GPT2Model, LlamaModel, ...): the same names without the head
+
+# GPT-J and BLOOM have no zoo spec: their structure as a spec of its own (sizes do not matter; tests/test_quirks.py
+# has the full specs).
+_GPTJ_REFERENCE = """use "std/transformer.spec"
+model gptj {
+    input tokens: int[batch, seq <= 8]
+    x = tokens -> wte: Embedding(16, 8) -> h: repeat 2 { parallel_block(8, 2, bias = false) }
+    return x -> ln_f: LayerNorm(8) -> lm_head: Linear(8, 16, bias = true)
+}
+"""
+_BLOOM_REFERENCE = """use "std/transformer.spec"
+model bloom {
+    input tokens: int[batch, seq <= 8]
+    x = tokens -> wte: Embedding(16, 8) -> ln_emb: LayerNorm(8) -> h: repeat 2 { gpt_block(8, 2, alibi = true) }
+    return x -> ln_f: LayerNorm(8) -> lm_head: Linear(8, 16, bias = false, tie = wte)
+}
+"""
+
+REFERENCES = {
+    "gpt2": Reference("gpt2.spec", optional=_HEADLESS),
+    "openai-gpt": Reference("gpt1.spec", optional=_HEADLESS),
+    "llama": Reference("llama.spec", optional=_HEADLESS),
+    "mixtral": Reference("mixtral.spec", optional=_HEADLESS),
+    "bert": Reference("bert.spec", presets=(None, "mlm"), optional=("pooler",)),  # BertModel; BertForMaskedLM
+    "albert": Reference("albert.spec", optional=("pooler",)),
+    "phi": Reference("phi.spec", optional=_HEADLESS),
+    "gpt-neox": Reference("gpt-neox.spec", optional=_HEADLESS),
+    "opt": Reference("opt.spec", optional=_HEADLESS),
+    "gptj": Reference(text=_GPTJ_REFERENCE, optional=_HEADLESS),
+    "bloom": Reference(text=_BLOOM_REFERENCE, optional=_HEADLESS),
+    "olmo2": Reference("olmo2.spec", optional=_HEADLESS),
+}
 
 
 def _compile(template: str) -> re.Pattern:

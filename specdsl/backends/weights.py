@@ -1,7 +1,8 @@
 """Load weights into a compiled spec: from a state dict, a weights file or a Hugging Face checkpoint folder (its
 config.json, and the shards its index lists), under specc's own names or mapped from Hugging Face transformers names
 (hf_naming.py). The family comes from config.json's model_type (or family=), and the architecture facts the config
-states are checked against the spec. Missing and unexpected keys, shape mismatches and architecture differences are
+states are checked against the spec. The spec's parameters take the family's names by structure, whatever its labels
+(hf_structure.py). Missing and unexpected keys, shape mismatches, structure and architecture differences are
 reported by name, never ignored."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from .. import ir
 from ..kinds import KINDS, Args
 from . import hf_naming as H
+from . import hf_structure
 
 
 class WeightsError(ValueError):
@@ -28,6 +30,20 @@ class WeightsError(ValueError):
 class ArchitectureError(WeightsError):
     """A checkpoint whose config.json states an architecture the spec does not declare (names and shapes may fit:
     Gemma's weights into a LLaMA spec). The message names each difference and its fix."""
+
+
+class StructureError(WeightsError):
+    """A spec whose layers do not follow its family's reference structure (hf_naming.REFERENCES): its parameters
+    have no names in the checkpoint. The message names the spec's parameter at the spot and what the family expects
+    there."""
+
+    def __init__(self, family: str, mismatch: hf_structure.Mismatch):
+        super().__init__(
+            f"the spec's layers do not follow the structure of family {family} ({mismatch.variant}), so its "
+            f"parameters have no names in the checkpoint: {mismatch.text}\nLabels are free; the layers that have "
+            "parameters must follow the family's in order and kind, repeat for repeat (docs/python-api.md, "
+            "'How names are matched')")
+        self.matched = mismatch.matched
 
 
 class _Missing(Exception):
@@ -180,13 +196,29 @@ def _head_dims(module: nn.Module) -> dict[str, int]:
     return dims
 
 
-def _map_family(family: H.Family, names, state, head_dims: dict | None = None):
+def _reference_names(family: H.Family, ours) -> dict | None:
+    """{the spec's parameter name: the one the family's rules are written for}, matched by structure; None where
+    the spec's own names are used (a family without a reference, a module that is not a compiled spec)."""
+    reference = H.REFERENCES.get(family.name)
+    if reference is None or ours is None:
+        return None
+    try:
+        return hf_structure.reference_names(ours, reference)
+    except hf_structure.Mismatch as e:
+        raise StructureError(family.name, e) from None
+
+
+def _map_family(family: H.Family, names, state, head_dims: dict | None = None, ours=None):
+    """(mapped, missing, used) for the spec's parameter `names`; `ours` is the spec's structure
+    (hf_structure.structure). Raises StructureError."""
     mapped, missing, used = {}, [], set()
     head_dims = head_dims or {}
+    renamed = _reference_names(family, ours) or {}
     for name in names:
-        found = H.rule_for(family, name)
+        theirs = renamed.get(name, name)
+        found = H.rule_for(family, theirs)
         if found is None:
-            missing.append(f"{name} (no {family.name} rule)")
+            missing.append(f"{name} (no {family.name} rule{f' for {theirs}' if theirs != name else ''})")
             continue
         recipe, variables = found
         try:
@@ -221,18 +253,24 @@ def _families_text() -> str:
     return "; ".join(f"{f.name} ({', '.join(f.model_types)})" for f in H.FAMILIES)
 
 
-def _ranked(params, state, head_dims) -> list:
-    """Families by how many of the spec's parameters their names explain in `state`, best first."""
+def _ranked(params, state, head_dims, ours=None) -> list:
+    """Families by how many of the spec's parameters their names explain in `state`, best first:
+    (unexplained, family name, mapped, missing, used, StructureError or None). A family whose structure the spec
+    does not follow explains none; among those, the one that matched more layers ranks first."""
     fits = []
     for family in H.FAMILIES:
-        mapped, missing, used = _map_family(family, params, state, head_dims)
-        fits.append((len(missing), family.name, mapped, missing, used))
-    fits.sort(key=lambda f: f[0])
-    return fits
+        try:
+            mapped, missing, used = _map_family(family, params, state, head_dims, ours)
+            fits.append((len(missing), 0, family.name, mapped, missing, used, None))
+        except StructureError as e:
+            fits.append((len(params), -e.matched, family.name, {}, list(params), set(), e))
+    fits.sort(key=lambda f: f[:2])
+    return [(miss, name, mapped, missing, used, error) for miss, _, name, mapped, missing, used, error in fits]
 
 
 def _closest_text(fits, total: int, n: int = 3) -> str:
-    return ", ".join(f"{name} ({miss} of {total} parameters unexplained)" for miss, name, *_ in fits[:n])
+    return ", ".join(f"{name} ({'structure differs' if error else f'{miss} of {total} parameters unexplained'})"
+                     for miss, name, *_, error in fits[:n])
 
 
 def _spec_facts(spec: ir.Model) -> dict[str, list]:
@@ -294,10 +332,10 @@ def check_architecture(spec: ir.Model, family: H.Family, model_type: str, config
     return checked
 
 
-def _map_names(choice: str, config: dict | None, params: dict, state: dict, head_dims: dict):
+def _map_names(choice: str, config: dict | None, params: dict, state: dict, head_dims: dict, ours):
     """(family name, model_type, mapped, missing, used): the family `choice` names, else the one config.json's
     model_type names (refusing a contradiction, or a model_type no family reads), else the family whose names
-    explain every parameter ("hf" without a config)."""
+    explain every parameter ("hf" without a config). `ours`: the spec's structure, matched to the family's."""
     if choice == "specc":
         mapped = {n: state[n] for n in params if n in state}
         return "specc", None, mapped, [n for n in params if n not in state], set(mapped)
@@ -306,7 +344,7 @@ def _map_names(choice: str, config: dict | None, params: dict, state: dict, head
         found = H.family_for_config(config)
         stated = config.get("model_type") or config.get("architectures")
         if found is None and chosen is None:
-            fits = _ranked(params, state, head_dims)
+            fits = _ranked(params, state, head_dims, ours)
             near = difflib.get_close_matches(str(config.get("model_type", "")), list(H.MODEL_TYPES), n=3,
                                              cutoff=0.5)
             raise WeightsError(
@@ -320,9 +358,11 @@ def _map_names(choice: str, config: dict | None, params: dict, state: dict, head
                                    f"'{found[1]}' (family {found[0].name}): those names are not {chosen.name}'s")
             chosen, model_type = found
     if chosen is None:  # "hf" without a config: the family whose names explain every parameter
-        _, family_name, mapped, missing, used = _ranked(params, state, head_dims)[0]
+        _, family_name, mapped, missing, used, error = _ranked(params, state, head_dims, ours)[0]
+        if error is not None:  # no family's structure fits: the one that came closest says where
+            raise error
         return family_name, None, mapped, missing, used
-    mapped, missing, used = _map_family(chosen, params, state, head_dims)
+    mapped, missing, used = _map_family(chosen, params, state, head_dims, ours)
     return chosen.name, model_type, mapped, missing, used
 
 
@@ -334,11 +374,13 @@ def load_weights(module: nn.Module, source, naming: str | None = None, strict: b
     The family of names: `family=` (a family name such as "llama", a model_type such as "gemma", "hf" to guess
     from the keys, or "specc" for specc's own names; `naming=` is its old name), else the model_type of the
     checkpoint's config.json (or of `config=`: a dict, a path or a transformers config), else specc's names for a
-    state dict or file (a folder needs config.json or family=). With a model_type known, the config's architecture
+    state dict or file (a folder needs config.json or family=). The spec's parameters take the family's names by
+    structure, whatever the spec's labels (hf_structure.py). With a model_type known, the config's architecture
     facts are checked against the spec (hf_naming.Check) before anything is copied.
 
     Returns {"family", "model_type", "loaded", "unexpected", "checked"}; raises WeightsError naming every missing,
-    unexpected or mis-shaped tensor, ArchitectureError for every architecture difference."""
+    unexpected or mis-shaped tensor, StructureError where the spec's layers do not follow the family's,
+    ArchitectureError for every architecture difference."""
     if naming is not None and family is not None and naming != family:
         raise WeightsError(f"naming='{naming}' and family='{family}' disagree: naming is the old name of family")
     choice = family if family is not None else naming
@@ -353,7 +395,14 @@ def load_weights(module: nn.Module, source, naming: str | None = None, strict: b
             raise WeightsError(f"{os.fspath(source)} has no config.json to say which model it holds: pass "
                                f"family= (one of {_families_text()}), or 'specc' for specc's own names")
         choice = "specc"
-    family_name, model_type, mapped, missing, used = _map_names(choice, config, params, state, head_dims)
+    ours = hf_structure.structure(spec) if isinstance(spec, ir.Model) else None
+    try:
+        family_name, model_type, mapped, missing, used = _map_names(choice, config, params, state, head_dims, ours)
+    except StructureError:
+        found = H.family_for_config(config) if config is not None else None
+        if found is not None and isinstance(spec, ir.Model):  # the facts the config states say more, and the fix
+            check_architecture(spec, found[0], found[1], config)
+        raise
     checked = []
     if model_type is not None and isinstance(spec, ir.Model):
         checked = check_architecture(spec, H.MODEL_TYPES[model_type], model_type, config or {})
@@ -371,7 +420,7 @@ def load_weights(module: nn.Module, source, naming: str | None = None, strict: b
         problems.append(f"unexpected ({len(unexpected)}): " + ", ".join(unexpected[:20])
                         + (" ..." if len(unexpected) > 20 else ""))
     if missing and family_name != "specc":
-        problems.append("closest families by these keys: " + _closest_text(_ranked(params, state, head_dims),
+        problems.append("closest families by these keys: " + _closest_text(_ranked(params, state, head_dims, ours),
                                                                             len(params)))
     if problems:
         raise WeightsError(f"weights do not fit '{getattr(module, 'spec', None) and module.spec.name}' "
