@@ -5,7 +5,7 @@ included). Read from the source with ast, so a lazy import counts like any other
 import ast
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, SPECS
 
 PACKAGE = ROOT / "specdsl"
 CORE = ("parse", "syntax", "elaborate", "ir", "shapes", "analysis", "contract", "errors", "text", "io", "settings",
@@ -104,6 +104,21 @@ def test_help_imports_nothing_of_the_compiler():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_compile_imports_only_the_compiler():
+    """`specc compile --json` (run in loops and scripts) imports the compiler and nothing heavy: no torch, numpy or
+    onnx, and no pydantic (typer 0.29 builds a pydantic validator per option; pyproject pins typer below it)."""
+    import subprocess
+    import sys
+    code = ("import sys\nsys.argv = ['specc', 'compile', sys.argv[1], '--json']\nfrom specdsl.cli import run\n"
+            "try:\n    run()\nexcept SystemExit:\n    pass\n"
+            "heavy = ('torch', 'numpy', 'onnx', 'onnxruntime', 'pydantic', 'transformers', 'tokenizers')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
+    done = subprocess.run([sys.executable, "-c", code, str(SPECS / "gpt2.spec")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '"total": 124439808' in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_the_package_gives_its_names_and_submodules_on_first_use():
