@@ -20,7 +20,7 @@ from ..errors import SpecError
 from ..kinds import KINDS, Args, Kind, TorchForm, torch_form_of
 from ..shapes import Sym
 from ..system import available_memory
-from .torch_modules import DecodeState, init_gpt2_
+from .torch_modules import DecodeState, StaticDecodeState, init_gpt2_
 
 _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
 
@@ -280,14 +280,41 @@ class Decoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, *past: torch.Tensor):
         state = DecodeState([(past[2 * i], past[2 * i + 1]) for i in range(len(self.slots))])
+        return (self._run(tokens, state), *[t for kv in state.present for t in kv])
+
+    def static_cache(self, capacity: int, batch: int = 1, dtype=torch.float32, device="cpu") -> StaticCache:
+        """Buffers for `capacity` positions of every attention application, for `step`."""
+        return StaticCache([(torch.empty(batch, kv, capacity, hd, dtype=dtype, device=device),
+                             torch.empty(batch, kv, capacity, hd, dtype=dtype, device=device))
+                            for kv, hd in self.slots])
+
+    def step(self, tokens: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """The logits of `tokens` after the cache's positions, their keys and values written into it in place (the
+        PyTorch generation path: `specc sample`; the ONNX graph takes and returns its cache as tensors)."""
+        if cache.length + tokens.shape[1] > cache.capacity:
+            raise ValueError(f"the cache holds {cache.capacity} positions; {cache.length} + {tokens.shape[1]} "
+                             "would not fit")
+        logits = self._run(tokens, StaticDecodeState(cache.buffers, cache.length))
+        cache.length += tokens.shape[1]
+        return logits
+
+    def _run(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
         for m in self._stateful:
             m.decode = state
         try:
-            logits = self.model(tokens)
+            return self.model(tokens)
         finally:
             for m in self._stateful:
                 m.decode = None
-        return (logits, *[t for kv in state.present for t in kv])
+
+
+class StaticCache:
+    """Keys and values of a generation, in preallocated buffers (torch_modules.StaticDecodeState); `length`
+    positions are filled. Set `length = 0` to start the window again."""
+
+    def __init__(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.buffers, self.length = buffers, 0
+        self.capacity = buffers[0][0].shape[2] if buffers else 0
 
 
 class Seq2SeqState(DecodeState):

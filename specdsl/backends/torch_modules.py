@@ -188,9 +188,12 @@ class Attention(nn.Module):
         if state is not None:
             k, v = state.extend(k, v)
         dropout = self.dropout if self.training else 0.0
-        if state is None and not self.window and not self.alibi and position_bias is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=dropout, scale=self.scale,
-                                               enable_gqa=kv != h)
+        plain = not self.window and not self.alibi and position_bias is None
+        # One new query sees every cached key: no mask to build (PyTorch's own generation only: the ONNX decoding
+        # graph is traced once for every length, so it keeps the masked path).
+        if plain and (state is None or (T == 1 and state.in_place)):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal and state is None, dropout_p=dropout,
+                                               scale=self.scale, enable_gqa=kv != h)
         else:
             # An explicit mask: queries are the last T of S positions (decoding), a sliding window, ALiBi, or a
             # position bias.
@@ -219,6 +222,8 @@ class DecodeState:
     """Keys and values of earlier positions, for incremental decoding: attention calls take their past in the
     order they run and leave their present (past + new) in `present`."""
 
+    in_place = False  # StaticDecodeState: buffers written in place (PyTorch generation, never traced)
+
     def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]]):
         self.past, self.present, self.index = past, [], 0
         self.offset = past[0][0].shape[2] if past else 0
@@ -229,6 +234,26 @@ class DecodeState:
         k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
         self.present.append((k, v))
         return k, v
+
+
+class StaticDecodeState(DecodeState):
+    """A DecodeState over preallocated buffers [B, kv_heads, capacity, head_dim] per attention application, written
+    in place: torch.cat would copy the whole cache at every token (O(n^2) bytes over a generation). `length`
+    positions are cached; each call appends its keys and values after them."""
+
+    in_place = True
+
+    def __init__(self, buffers: list[tuple[torch.Tensor, torch.Tensor]], length: int):
+        self.past, self.present, self.index, self.offset = [], [], 0, length
+        self.buffers = buffers
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        buffer_k, buffer_v = self.buffers[self.index]
+        self.index += 1
+        end = self.offset + k.shape[2]
+        buffer_k[:, :, self.offset:end] = k
+        buffer_v[:, :, self.offset:end] = v
+        return buffer_k[:, :, :end], buffer_v[:, :, :end]
 
 
 class MLP(nn.Module):

@@ -71,23 +71,25 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
         raise ValueError("an empty prompt: a model needs at least one token to continue")
     facts = contract(module.spec)
     decoder = Decoder(module) if cache and facts.causal and facts.cache else None
-    start, past = prompt_start(len(ids), ctx), None
+    start = prompt_start(len(ids), ctx)
     device = _device_of(module)
+    if decoder is not None:  # buffers for the whole window, written in place (Decoder.step)
+        dtype = next(module.parameters()).dtype
+        kv = decoder.static_cache(min(ctx, len(ids) + max_new_tokens), dtype=dtype, device=device)
     for _ in range(max_new_tokens):
         if decoder is None:
             logits = module(torch.tensor([ids[start:]], dtype=torch.long, device=device))
             logits = logits[0] if isinstance(logits, tuple) else logits
-        elif past is None:  # the window (re)starts: run it whole
-            logits, *past = decoder(torch.tensor([ids[start:]], dtype=torch.long, device=device),
-                                    *decoder.empty_cache(1, device=device))
+        elif kv.length == 0:  # the window (re)starts: run it whole
+            logits = decoder.step(torch.tensor([ids[start:]], dtype=torch.long, device=device), kv)
         else:
-            logits, *past = decoder(torch.tensor([ids[-1:]], dtype=torch.long, device=device), *past)
+            logits = decoder.step(torch.tensor([ids[-1:]], dtype=torch.long, device=device), kv)
         token = next_token(logits[0, -1, :vocab].float(), temperature, top_k, generator)
         ids.append(token)
         yield token
         moved, start = start, window_start(start, len(ids), ctx, overflow)
-        if start != moved:  # new positions for every token: the cache is stale
-            past = None
+        if start != moved and decoder is not None:  # new positions for every token: the cache is stale
+            kv.length = 0
 
 
 @torch.no_grad()
