@@ -100,6 +100,8 @@ SMALL = [
       num_attention_heads=4, intermediate_size=100, rotary_pct=0.25, rotary_emb_base=1000),
     c("gpt_neox", vocab_size=59, max_position_embeddings=16, hidden_size=60, num_hidden_layers=2,
       num_attention_heads=5, intermediate_size=61, rotary_pct=0.5, hidden_act="gelu_new", tie_word_embeddings=True),
+    c("gpt_neox", vocab_size=40, max_position_embeddings=16, hidden_size=64, num_hidden_layers=1,
+      num_attention_heads=4, intermediate_size=30, rotary_pct=0.3),  # 4.8 of 16 dims: transformers' int() is 4
     c("opt", vocab_size=87, max_position_embeddings=16, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
       ffn_dim=70),
     c("opt", vocab_size=53, max_position_embeddings=12, hidden_size=30, num_hidden_layers=2, num_attention_heads=5,
@@ -342,6 +344,9 @@ def test_json_that_is_not_a_config_is_refused_where_it_breaks(tmp_path):
         import_config(tmp_path)
     with pytest.raises(SpecError, match="no such folder or file"):
         import_config(tmp_path / "missing")
+    for nameless in ({}, {"architectures": 7}, {"architectures": [{"a": 1}]}):
+        with pytest.raises(SpecError, match="no model_type"):
+            import_config(nameless)
 
 
 # -- nothing from the file reaches the spec text unescaped -------------------------------------------------------
@@ -464,3 +469,27 @@ def test_import_a_saved_folder_then_load_its_weights(tmp_path, config):
     tokens = torch.randint(0, config["vocab_size"], (2, 11))
     with torch.no_grad():
         assert (module(tokens) - reference(tokens).logits).abs().max() <= TOL
+
+
+def test_the_docs_show_what_the_command_does(tmp_path, monkeypatch):
+    """docs/import.md: the Mistral example's spec and summary, and the refused Llama 3.1 config's error, as the
+    command prints them today."""
+    import re
+
+    from specdsl.version import __version__
+    doc = (ROOT / "docs" / "import.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", doc, re.S)
+    configs = [body for kind, body in blocks if kind == "json"]
+    spec = next(body for kind, body in blocks if kind == "spec")
+    shown = [body for kind, body in blocks if kind == "text" and body.startswith("$ specc import")]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Mistral-7B-v0.1").mkdir()
+    (tmp_path / "Mistral-7B-v0.1" / "config.json").write_text(configs[0])
+    (tmp_path / "llama31.json").write_text(configs[1])
+    for text in shown:
+        command, *lines = text.strip().splitlines()
+        code, out, err = specc(*command.split()[2:])
+        assert err.strip().splitlines() == lines
+        assert code == (2 if "error:" in text else 0)
+    written = (tmp_path / "mistral.spec").read_text()
+    assert written == re.sub(r"\(specc [\d.]+\)", f"(specc {__version__})", spec)

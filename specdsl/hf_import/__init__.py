@@ -56,11 +56,12 @@ def recipe_for(config: Config) -> Recipe:
     """The recipe of config.json's model_type, or, when it has none, of the class its `architectures` names."""
     model_type = config.get("model_type")
     if model_type is None or model_type is ABSENT:
-        for arch in config.get("architectures") or ():
-            for recipe in RECIPES.values():
-                if arch in recipe.architectures:
-                    return recipe
-        raise config.error("architectures" if config.get("architectures") else None,
+        archs = config.get("architectures")
+        archs = archs if isinstance(archs, list) else []
+        for recipe in RECIPES.values():
+            if any(arch in recipe.architectures for arch in archs):
+                return recipe
+        raise config.error("architectures" if archs else None,
                            "config.json has no model_type, and no architectures entry specc knows",
                            hint=f"specc imports the model_types {', '.join(sorted(RECIPES))}")
     if not isinstance(model_type, str):

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from .config import Config
 from .draft import Draft, literal, repeat
-from .gpt import dropouts, refuse_unless, sizes
-from .readers import activation, tied
+from .readers import activation, dropouts, refuse_unless, sizes, tied
 from .recipe import Recipe
 
 _BERT_SIZES = (("vocab", ("vocab_size",), 30522), ("ctx", ("max_position_embeddings",), 512),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .config import Value
 
 QUOTE_LIMIT = 120  # characters of a quoted text from the file, before "..."
+WIDTH = 116  # characters of a spec line the importer aims at (the zoo's files keep to 120)
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,15 @@ def literal(value) -> str:
 _PLAIN = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
-def call(head: str, args: list[str], tail: str = "", indent: int = 0, width: int = 112) -> list[str]:
-    """`head(arg, arg, ...)tail` as body lines, the arguments wrapped under the first when the line is long."""
-    one = f"{head}({', '.join(args)}){tail}"
+def call(head: str, args: list[str], indent: int = 0, width: int = WIDTH) -> list[str]:
+    """`head(arg, arg, ...)` as body lines, the arguments wrapped under the first when the line is long."""
+    one = f"{head}({', '.join(args)})"
     if indent + len(one) <= width:
         return [one]
     lines, line = [], f"{head}("
     pad = " " * len(line)
     for i, arg in enumerate(args):
-        piece = arg + (", " if i < len(args) - 1 else f"){tail}")
+        piece = arg + (", " if i < len(args) - 1 else ")")
         if len(line) + len(piece.rstrip()) + indent > width and line.strip() not in ("", f"{head}("):
             lines.append(line.rstrip())
             line = pad
@@ -93,9 +94,27 @@ def repeat(label: str, block: str, args: list[str], shared: bool = False) -> lis
     """`x = x -> label: repeat layers { block(args) }`, on one line when it fits, else the call on its own lines."""
     opening = f"x = x -> {label}: repeat layers{' shared' if shared else ''} {{"
     one = f"{opening} {block}({', '.join(args)}) }}"
-    if len(one) + 4 <= 112:
+    if len(one) + 4 <= WIDTH:
         return [one]
     return [opening, *("    " + line for line in call(block, args, indent=8)), "}"]
+
+
+def head(draft: Draft, arch: str, final: str, embed: str, tie: bool, bias: bool = False) -> None:
+    """The final norm (if any), then the LM head (tied to `embed` or not), or a base model's hidden states."""
+    norm = f" -> {final}" if final else ""
+    if is_base(arch):
+        draft.body.append(f"return x{norm}")
+        return
+    lm_head = f"lm_head: Linear(d, vocab, bias = {literal(bias)}{f', tie = {embed}' if tie else ''})"
+    if len(f"    logits = x{norm} -> {lm_head}") <= WIDTH:
+        draft.body += [f"logits = x{norm} -> {lm_head}", "return logits"]
+    else:
+        draft.body += [f"x = x{norm}", f"logits = x -> {lm_head}", "return logits"]
+
+
+def is_base(arch: str) -> bool:
+    """A model without a task head (LlamaModel, GPT2Model, BertModel), not GPT2LMHeadModel."""
+    return arch.endswith("Model") and not arch.endswith("LMHeadModel")
 
 
 def quote(text) -> str:
@@ -109,8 +128,8 @@ def quote(text) -> str:
 def render(draft: Draft, header: list[str]) -> str:
     """The spec text: the header as comments, `use` of the library, the hyperparameters with their sources
     aligned, and the model."""
-    lines = [f"# {part}" for line in header for part in textwrap.wrap(line, 114)]
-    lines += [f"# {part}" for note in draft.notes for part in textwrap.wrap(f"Note: {note}", 114)]
+    lines = [f"# {part}" for line in header for part in textwrap.wrap(line, WIDTH - 2)]
+    lines += [f"# {part}" for note in draft.notes for part in textwrap.wrap(f"Note: {note}", WIDTH - 2)]
     lines += ['use "std/transformer.spec"', ""]
     width = max(len(f"param {p.name} = {p.expr}") for p in draft.params)
     for p in draft.params:

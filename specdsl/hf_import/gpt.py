@@ -5,8 +5,8 @@ tests/test_quirks.py, which the weight loader's families read. Defaults: transfo
 from __future__ import annotations
 
 from .config import Config
-from .draft import Draft, literal, repeat
-from .readers import activation, is_base, tied
+from .draft import Draft, head, literal, repeat
+from .readers import activation, dropouts, inner_width, refuse_unless, sizes, tied
 from .recipe import Recipe
 
 # (hyperparameter, config names (the class's own, then its attribute_map aliases), transformers' default)
@@ -18,52 +18,6 @@ _GPT1_SIZES = (("vocab", ("vocab_size",), 40478), ("ctx", ("n_positions", "max_p
 _OPT_SIZES = (("vocab", ("vocab_size",), 50272), ("ctx", ("max_position_embeddings",), 2048),
               ("d", ("hidden_size",), 768), ("layers", ("num_hidden_layers",), 12),
               ("heads", ("num_attention_heads",), 12), ("ffn", ("ffn_dim",), 3072))
-
-
-def sizes(c: Config, draft: Draft, table) -> dict[str, int]:
-    """Declare the sizes of `table`; their values by hyperparameter."""
-    values = {}
-    for name, fields, default in table:
-        read = c.integer(*fields, default=default)
-        draft.param(name, read)
-        values[name] = read.value
-    return values
-
-
-def dropouts(c: Config, draft: Draft, resid: tuple, default: float, **apart) -> dict:
-    """`dropout` (the residual branches') and, for each of `apart` (key=(field, default)), a hyperparameter of
-    its own when the config sets it apart from `dropout`: {"dropout": name, key: name, ...}."""
-    main = c.number(*resid, default=default, positive=False)
-    names = {"dropout": draft.param("dropout", main)}
-    for key, (field, field_default) in apart.items():
-        read = c.number(field, default=field_default, positive=False)
-        names[key] = draft.param(f"{key}_dropout", read) if read.value != main.value else names["dropout"]
-    return names
-
-
-def refuse_unless(c: Config, table) -> None:
-    """(field, the value the spec computes, which is transformers' default, why another cannot be imported)."""
-    for name, wanted, why in table:
-        c.require(name, c.flag(name, default=wanted), wanted, why)
-
-
-def head(draft: Draft, arch: str, final: str, embed: str, tie: bool, bias: bool = False) -> None:
-    """The final norm (if any), then the LM head (tied to `embed` or not), or a base model's hidden states."""
-    norm = f" -> {final}" if final else ""
-    if is_base(arch):
-        draft.body.append(f"return x{norm}")
-        return
-    draft.body += [f"logits = x{norm} -> lm_head: Linear(d, vocab, bias = {literal(bias)}"
-                   f"{f', tie = {embed}' if tie else ''})", "return logits"]
-
-
-def inner_width(c: Config, draft: Draft) -> None:
-    """GPT-2's and GPT-J's n_inner: the MLP's width, 4 * n_embd when null."""
-    ffn = c.integer("n_inner", default=None, nullable=True)
-    if ffn.value is None:
-        draft.derived("ffn", "4 * d", f"{ffn.source}: 4 * n_embd")
-    else:
-        draft.param("ffn", ffn)
 
 
 def gpt2(c: Config, arch: str) -> Draft:

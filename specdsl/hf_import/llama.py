@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config, Value
-from .draft import Draft, call, literal
-from .readers import activation, is_base, partial_rotary, rope, tied
+from .draft import Draft, call, head, literal
+from .readers import activation, partial_rotary, rope, tied
 from .recipe import Recipe
 
 
@@ -169,14 +169,9 @@ def _build(c: Config, arch: str, model_type: str, zoo: str, dflt: Defaults) -> D
                  _block_args(draft, model_type, _act(c, model_type, dflt)), indent=8)
     draft.body += ["input tokens: int[batch, seq <= ctx]",
                    "x = tokens -> embed: Embedding(vocab, d)" + " -> Scale(sqrt(d))" * gemma,
-                   "x = x -> layers: repeat layers {", *("    " + line for line in block), "}",
-                   "x = x -> norm: RMSNorm(d, eps = eps" + ", unit_offset = true" * gemma + ")"]
-    if is_base(arch):
-        draft.body.append("return x")
-    else:
-        tie = tied(c, dflt.tied).value
-        draft.body += [f"logits = x -> lm_head: Linear(d, vocab, bias = false{', tie = embed' * tie})",
-                       "return logits"]
+                   "x = x -> layers: repeat layers {", *("    " + line for line in block), "}"]
+    head(draft, arch, "norm: RMSNorm(d, eps = eps" + ", unit_offset = true" * gemma + ")", "embed",
+         tied(c, dflt.tied).value)
     return draft
 
 

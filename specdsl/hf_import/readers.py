@@ -1,12 +1,14 @@
-"""Facts several families read the same way: rotary positions, the activation, which transformers class the
-checkpoint is (its head), tied embeddings. Each follows what transformers 5 does with config.json (cited), and
-refuses, naming the field, what specc's layers cannot compute."""
+"""What several families read the same way: rotary positions, the activation, which transformers class the
+checkpoint is (its head), tied embeddings, sizes and dropouts into hyperparameters, and the switches a spec cannot
+turn. Each follows what transformers 5 does with config.json (cited), and refuses, naming the field, what specc's
+layers cannot compute."""
 
 from __future__ import annotations
 
 import json
 
 from .config import ABSENT, Config, Value
+from .draft import Draft
 
 # transformers' ACT2FN names (activations.py) -> specc's `act` values; gelu_new, gelu_pytorch_tanh and gelu_fast
 # are the tanh approximation of GELU, swish is SiLU. specdsl/backends/hf_naming.py's HF_ACTIVATIONS says the same
@@ -84,10 +86,41 @@ def architecture(c: Config, known: tuple[str, ...]) -> str:
     return value[0]
 
 
-def is_base(arch: str) -> bool:
-    """A model without a task head (LlamaModel, GPT2Model, BertModel), not GPT2LMHeadModel."""
-    return arch.endswith("Model") and not arch.endswith("LMHeadModel")
-
-
 def tied(c: Config, default: bool) -> Value:
     return c.flag("tie_word_embeddings", default=default)
+
+
+def sizes(c: Config, draft: Draft, table) -> dict[str, int]:
+    """Declare the sizes of `table`; their values by hyperparameter."""
+    values = {}
+    for name, fields, default in table:
+        read = c.integer(*fields, default=default)
+        draft.param(name, read)
+        values[name] = read.value
+    return values
+
+
+def dropouts(c: Config, draft: Draft, resid: tuple, default: float, **apart) -> dict:
+    """`dropout` (the residual branches') and, for each of `apart` (key=(field, default)), a hyperparameter of
+    its own when the config sets it apart from `dropout`: {"dropout": name, key: name, ...}."""
+    main = c.number(*resid, default=default, positive=False)
+    names = {"dropout": draft.param("dropout", main)}
+    for key, (field, field_default) in apart.items():
+        read = c.number(field, default=field_default, positive=False)
+        names[key] = draft.param(f"{key}_dropout", read) if read.value != main.value else names["dropout"]
+    return names
+
+
+def refuse_unless(c: Config, table) -> None:
+    """(field, the value the spec computes, which is transformers' default, why another cannot be imported)."""
+    for name, wanted, why in table:
+        c.require(name, c.flag(name, default=wanted), wanted, why)
+
+
+def inner_width(c: Config, draft: Draft) -> None:
+    """GPT-2's and GPT-J's n_inner: the MLP's width, 4 * n_embd when null."""
+    ffn = c.integer("n_inner", default=None, nullable=True)
+    if ffn.value is None:
+        draft.derived("ffn", "4 * d", f"{ffn.source}: 4 * n_embd")
+    else:
+        draft.param("ffn", ffn)

@@ -7,9 +7,8 @@ convert_rope_params_to_dict)."""
 from __future__ import annotations
 
 from .config import Config, Value
-from .draft import Draft, literal, repeat
-from .gpt import dropouts, head, inner_width, refuse_unless, sizes
-from .readers import activation, partial_rotary, rope, tied
+from .draft import Draft, head, literal, repeat
+from .readers import activation, dropouts, inner_width, partial_rotary, refuse_unless, rope, sizes, tied
 from .recipe import Recipe
 
 _PHI_SIZES = (("vocab", ("vocab_size",), 51200), ("ctx", ("max_position_embeddings",), 2048),
