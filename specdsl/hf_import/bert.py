@@ -27,8 +27,8 @@ def _encoder_facts(c: Config, draft: Draft, act_default: str, dropout_default: f
     """eps, dropout and the refusals both encoders share; (the activation, the dropout's hyperparameter)."""
     draft.param("eps", c.number("layer_norm_eps", default=1e-12))
     drop = dropouts(c, draft, ("hidden_dropout_prob",), dropout_default)
-    attn = c.number("attention_probs_dropout_prob", default=dropout_default, positive=False)
-    if attn.value != c.number("hidden_dropout_prob", default=dropout_default, positive=False).value:
+    attn = c.probability("attention_probs_dropout_prob", default=dropout_default)
+    if attn.value != c.probability("hidden_dropout_prob", default=dropout_default).value:
         draft.notes.append(f"attention_probs_dropout_prob = {attn.value!r} is not carried: post_ln_block has one "
                            "dropout, `dropout` (hidden_dropout_prob), for the attention weights too.")
     position = c.string("position_embedding_type", default="absolute")

@@ -183,6 +183,14 @@ class Config:
                              + ("above 0" if positive else "of at least 0"))
         return Value(value, self._source(name, names, value))
 
+    def probability(self, *names: str, default: float) -> Value:
+        """A dropout: at least 0 and below 1 (torch's Dropout takes 1, which zeroes everything; specc does not)."""
+        read = self.number(*names, default=default, positive=False)
+        if read.value >= 1:
+            name = self.first(names)[0]
+            raise self.error(name, f"{name} = {read.value!r} is out of range: a dropout is below 1")
+        return read
+
     def flag(self, *names: str, default: bool) -> Value:
         name, value = self._read(names, default, False)
         if not isinstance(value, bool):

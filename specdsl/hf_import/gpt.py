@@ -46,8 +46,8 @@ def openai_gpt(c: Config, arch: str) -> Draft:
     draft.derived("ffn", "4 * d", "OpenAIGPT's MLP: 4 * n_embd")
     draft.param("eps", c.number("layer_norm_epsilon", default=1e-5))
     drop = dropouts(c, draft, ("resid_pdrop",), 0.1, embd=("embd_pdrop", 0.1))
-    attn = c.number("attn_pdrop", default=0.1, positive=False).value
-    if attn != c.number("resid_pdrop", default=0.1, positive=False).value:
+    attn = c.probability("attn_pdrop", default=0.1).value
+    if attn != c.probability("resid_pdrop", default=0.1).value:
         draft.notes.append(f"attn_pdrop = {attn!r} is not carried: post_ln_block has one dropout, "
                            "`dropout` (resid_pdrop), for the attention weights too.")
     act = activation(c, "afn", default="gelu").value

@@ -103,10 +103,10 @@ def sizes(c: Config, draft: Draft, table) -> dict[str, int]:
 def dropouts(c: Config, draft: Draft, resid: tuple, default: float, **apart) -> dict:
     """`dropout` (the residual branches') and, for each of `apart` (key=(field, default)), a hyperparameter of
     its own when the config sets it apart from `dropout`: {"dropout": name, key: name, ...}."""
-    main = c.number(*resid, default=default, positive=False)
+    main = c.probability(*resid, default=default)
     names = {"dropout": draft.param("dropout", main)}
     for key, (field, field_default) in apart.items():
-        read = c.number(field, default=field_default, positive=False)
+        read = c.probability(field, default=field_default)
         names[key] = draft.param(f"{key}_dropout", read) if read.value != main.value else names["dropout"]
     return names
 

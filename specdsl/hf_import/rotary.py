@@ -23,11 +23,17 @@ _GPTJ_SIZES = (("vocab", ("vocab_size",), 50400), ("ctx", ("n_positions", "max_p
 
 
 def head_width(c: Config, values: dict) -> int:
-    """d // heads, refusing a width the heads do not divide (these families' blocks assert it)."""
+    """d // heads, refusing a width the heads do not divide (these families' blocks assert it), and a head_dim
+    field that says otherwise (PhiAttention reads one; GPT-NeoX's rotary frequencies do)."""
     if values["d"] % values["heads"]:
         raise c.error(c.first(("num_attention_heads", "n_head"))[0],
                       f"the width {values['d']} is not divisible by {values['heads']} attention heads")
-    return values["d"] // values["heads"]
+    width = values["d"] // values["heads"]
+    stated = c.integer("head_dim", default=None, nullable=True).value
+    if stated not in (None, width):
+        raise c.error("head_dim", f"head_dim = {stated} cannot be imported: this family's block has heads of "
+                      f"width d // heads = {width}")
+    return width
 
 
 def rotary_width(c: Config, draft: Draft, factor: Value, head_dim: int) -> None:
@@ -98,7 +104,7 @@ def gptj(c: Config, arch: str) -> Draft:
     draft.param("rotary_dims", rotary)
     draft.param("eps", c.number("layer_norm_epsilon", default=1e-5))
     drop = dropouts(c, draft, ("resid_pdrop",), 0.0, embd=("embd_pdrop", 0.0))
-    if c.number("attn_pdrop", default=0.0, positive=False).value:
+    if c.probability("attn_pdrop", default=0.0).value:
         draft.notes.append("attn_pdrop is not carried: parallel_block has no dropout on attention weights.")
     act = activation(c, "activation_function", default="gelu_new").value
     # GPTJAttention: no q/k/v or output biases; rotary pairs interleaved (rotate_every_two), base 10000.
