@@ -116,17 +116,16 @@ def _qwen_window(c: Config, layers: int) -> int:
     return size
 
 
-def _window(c: Config, draft: Draft, model_type: str, layers: int) -> bool:
+def _window(c: Config, draft: Draft, model_type: str, layers: int) -> None:
     if model_type in ("qwen2", "qwen3"):
         window = Value(_qwen_window(c, layers), "sliding_window, use_sliding_window")
     elif model_type in ("mistral", "mixtral"):
         read = c.integer("sliding_window", default=4096 if model_type == "mistral" else None, nullable=True)
         window = Value(read.value or 0, read.source)
     else:
-        return False
+        return
     if window.value:
         draft.param("window", window)
-    return bool(window.value)
 
 
 def _experts(c: Config, draft: Draft) -> None:
