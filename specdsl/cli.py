@@ -239,6 +239,20 @@ def generate_cmd(
         _fail(e)
 
 
+@app.command("import")
+def import_cmd(
+    path: str = typer.Argument(..., help="A Hugging Face checkpoint folder (its config.json) or a config file."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="The .spec file to write (default: stdout)."),
+    force: bool = typer.Option(False, "--force", help="Replace the -o file if it exists."),
+) -> None:
+    """Write a spec from a Hugging Face config.json: std blocks under the zoo's names, the same parameter count."""
+    from .commands.import_ import import_command
+    try:
+        import_command(path, output, force)
+    except SpecError as e:
+        _fail(e)
+
+
 def run() -> None:
     """Entry point: never a traceback for bad input; an internal error is reported as one line."""
     try:
