@@ -83,6 +83,8 @@ SMALL = [
     c("gemma", **{**LLAMA, "hidden_size": 30, "num_attention_heads": 3, "num_key_value_heads": 3, "head_dim": 14,
                   "hidden_act": "gelu", "rms_norm_eps": 1e-6}),
     c("mixtral", **LLAMA, num_local_experts=4, num_experts_per_tok=2, experts_implementation="eager"),
+    c("olmo2", **LLAMA),
+    c("olmo2", **{**LLAMA, "num_key_value_heads": 4, "attention_bias": True, "rope_theta": 500000.0}),
     c("mixtral", **{**LLAMA, "num_key_value_heads": 1}, num_local_experts=3, num_experts_per_tok=1, sliding_window=6,
       experts_implementation="eager"),
     c("bert", vocab_size=100, max_position_embeddings=16, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -230,6 +232,10 @@ PUBLISHED = [
         "bert", architectures=["BertForMaskedLM"], hidden_act="gelu", hidden_size=768, intermediate_size=3072,
         layer_norm_eps=1e-12, max_position_embeddings=512, num_attention_heads=12, num_hidden_layers=12,
         position_embedding_type="absolute", type_vocab_size=2, vocab_size=30522)),
+    ("allenai/OLMo-2-1124-7B", 7_298_617_344, c(  # the figures of specs/olmo2.spec
+        "olmo2", architectures=["Olmo2ForCausalLM"], hidden_act="silu", hidden_size=4096, intermediate_size=11008,
+        max_position_embeddings=4096, num_attention_heads=32, num_hidden_layers=32, num_key_value_heads=32,
+        rms_norm_eps=1e-06, rope_theta=500000, attention_bias=False, tie_word_embeddings=False, vocab_size=100352)),
 ]
 
 
@@ -272,10 +278,9 @@ def test_the_importer_imports_nothing_above_the_core():
     assert not {m: i for m, i in wrong.items() if i}
 
 
-# Where the weight loader's checks (hf_naming.py, not this importer's) read a config otherwise than transformers 5
-# does, the imported spec follows transformers and the check refuses it. Strict: when hf_naming follows
-# transformers, these pass and must lose their mark.
-LOADER_DISAGREES = [
+# Configs the weight loader's checks once read otherwise than transformers 5 does (the imported spec follows
+# transformers; the checks now do too).
+LEGACY_DEFAULTS = [
     # GemmaConfig.__post_init__ reads the legacy hidden_act "gelu" as gelu_pytorch_tanh; the check wants "gelu".
     c("gemma", hidden_act="gelu", hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=16),
     # MixtralConfig's default rotary base is 1e6 (default_theta); the check's default is 10000.
@@ -283,8 +288,7 @@ LOADER_DISAGREES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="hf_naming's checks differ from transformers 5 for these configs")
-@pytest.mark.parametrize("config", LOADER_DISAGREES, ids=_ids(LOADER_DISAGREES))
+@pytest.mark.parametrize("config", LEGACY_DEFAULTS, ids=_ids(LEGACY_DEFAULTS))
 def test_the_loader_checks_configs_as_transformers_reads_them(config):
     from specdsl.backends.weights import ArchitectureError
     imported = specdsl.loads(import_config(config).text)
@@ -299,7 +303,7 @@ def test_the_loader_checks_configs_as_transformers_reads_them(config):
 
 REFUSED = [
     (c("lama"), "model_type", "did you mean 'llama'"),
-    (c("olmo2"), "model_type", "not importable yet"),
+    (c("olmo2", head_dim=64, hidden_size=2048, num_attention_heads=16), "head_dim", "d // heads wide"),
     (c("llama", rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_type", "plain rotary positions"),
     (c("mistral", rope_scaling={"type": "linear", "factor": 2.0}), "type", "plain rotary positions"),
     (c("qwen2", rope_parameters={"rope_type": "yarn", "rope_theta": 1e6}), "rope_type", "plain rotary positions"),

@@ -371,7 +371,7 @@ _ROPE_TYPE = Check("rotary scaling (rope_type)", ("Attention",), None,
 
 
 def _llama_like(unit_offset: bool, qk_norm: bool = False, bias=None, scale: bool = False, window=None,
-                qk_norm_scope: str = "head") -> tuple:
+                qk_norm_scope: str = "head", act: Check | None = None, theta=_THETA) -> tuple:
     return (
         Check("RMSNorm weight offset (Gemma's RMSNorm scales by 1 + weight)", ("RMSNorm",), "unit_offset",
               const(unit_offset), "unit_offset = {value} on every RMSNorm (llama_block(..., unit_offset = {value}))"
@@ -382,7 +382,7 @@ def _llama_like(unit_offset: bool, qk_norm: bool = False, bias=None, scale: bool
               "--set kv_heads={value}"),
         Check("head width", ("Attention",), "head_dim", cfg("head_dim"), "--set head_dim={value}"),
         Check("rotary positions", ("Attention",), "rope", const(True), "rope = true on Attention"),
-        Check("rotary base", ("Attention",), "rope_theta", _THETA, "--set rope_theta={value}", tol=1e-6),
+        Check("rotary base", ("Attention",), "rope_theta", theta, "--set rope_theta={value}", tol=1e-6),
         _ROPE_TYPE,
         Check("q/k/v bias", ("Attention",), "bias", bias or cfg("attention_bias", default=False),
               "bias = {value} on Attention"),
@@ -393,7 +393,7 @@ def _llama_like(unit_offset: bool, qk_norm: bool = False, bias=None, scale: bool
               + (" (olmo2_block: specs/olmo2.spec)" if qk_norm_scope == "full" else " (llama_block)")),
         Check("sliding window", ("Attention",), "window", window or const(0), "--set window={value}"),
         _NO_ALIBI,
-        _act_check("hidden_activation", "hidden_act", default="silu"),
+        act or _act_check("hidden_activation", "hidden_act", default="silu"),
         *((Check("embeddings scaled by sqrt(d)", ("Scale",), None, const(True),
                  "`-> Scale(sqrt(d))` after the token embedding (specs/gemma.spec)"),
            Check("the embedding scale sqrt(hidden_size)", ("Scale",), "factor",
@@ -410,10 +410,13 @@ LLAMA = replace(LLAMA, checks={
     "mistral": _llama_like(False, window=_MISTRAL_WINDOW),
     "qwen2": _llama_like(False, bias=const(True), window=_QWEN_WINDOW),
     "qwen3": _llama_like(False, qk_norm=True, window=_QWEN_WINDOW),
-    "gemma": _llama_like(True, scale=True),
+    # GemmaConfig: hidden_activation, else gelu_pytorch_tanh whatever the legacy hidden_act says ("gelu" in the
+    # published configs: transformers warns and uses the tanh approximation).
+    "gemma": _llama_like(True, scale=True, act=_act_check("hidden_activation", default=_act("gelu_pytorch_tanh"))),
 })
-MIXTRAL = replace(MIXTRAL, checks={"mixtral": (
-    *_llama_like(False, window=_MISTRAL_WINDOW),
+MIXTRAL = replace(MIXTRAL, checks={"mixtral": (  # MixtralConfig's default rotary base is 1e6
+    *_llama_like(False, window=_MISTRAL_WINDOW, theta=cfg("rope_parameters.rope_theta", "rope_theta",
+                                                            default=1e6)),
     Check("experts", ("MoE",), "experts", cfg("num_local_experts"), "--set experts={value}"),
     Check("experts per token", ("MoE",), "top_k", cfg("num_experts_per_tok"), "--set top_k={value}"),
 )})

@@ -11,7 +11,7 @@ per-layer window, a task head the loader does not name...) is refused with the c
 free of transformers: config.json is read as JSON and each model_type's defaults are written in its recipe.
 
 One recipe per model_type (recipe.py), grouped by family: gpt.py (GPT-2, GPT-1, OPT, BLOOM), rotary.py (Phi,
-GPT-NeoX, GPT-J), llama.py (LLaMA, Mistral, Qwen2, Qwen3, Gemma, Mixtral), bert.py (BERT, ALBERT). config.py reads
+GPT-NeoX, GPT-J), llama.py (LLaMA, Mistral, Qwen2, Qwen3, Gemma, Mixtral, OLMo 2), bert.py (BERT, ALBERT). config.py reads
 the file and locates errors; readers.py holds what families share; draft.py writes the text.
 """
 
@@ -32,7 +32,7 @@ RECIPES: dict[str, Recipe] = {r.model_type: r for r in (*gpt.RECIPES, *rotary.RE
                                                         *bert.RECIPES)}
 
 # model_types the weight loader is gaining in parallel, with what their recipe waits for; `specc import` says so.
-PENDING = {"olmo2": "OLMo-2 is being added to the weight loader; its recipe goes in specdsl/hf_import/llama.py"}
+PENDING: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The LLaMA-like families: LLaMA, Mistral, Qwen2, Qwen3, Gemma (llama_block) and Mixtral (moe_block), under the
+"""The LLaMA-like families: LLaMA, Mistral, Qwen2, Qwen3, Gemma (llama_block), Mixtral (moe_block) and OLMo 2
+(olmo2_block), under the
 names of specs/llama.spec (embed, layers, norm, lm_head), which the weight loader's LLaMA and Mixtral families read.
 
 Each model_type's defaults are its transformers 5 config class's (configuration_<model>.py): what a config.json
@@ -45,6 +46,8 @@ GEMMA = Defaults(vocab=256000, d=3072, ffn=24576, heads=16, kv_heads=16, head_di
                  tied=True, act="gelu_pytorch_tanh", layers=28)
 MIXTRAL = Defaults(vocab=32000, d=4096, ffn=14336, heads=32, kv_heads=8, head_dim=None, ctx=131072, eps=1e-5,
                    tied=False, theta=1e6)
+OLMO2 = Defaults(vocab=50304, d=4096, ffn=11008, heads=32, kv_heads=None, head_dim=None, ctx=2048, eps=1e-5,
+                 tied=False)
 
 
 def _sizes(c: Config, draft: Draft, dflt: Defaults) -> dict:
@@ -160,12 +163,22 @@ def _build(c: Config, arch: str, model_type: str, zoo: str, dflt: Defaults) -> D
     _rotary(c, draft, dflt)
     if model_type in ("llama", "qwen3", "gemma"):
         _no_extra_biases(c, ("attention_bias", "mlp_bias") if model_type == "llama" else ("attention_bias",))
+    if model_type == "olmo2" and "head_dim" in {p.name for p in draft.params}:
+        raise c.error("head_dim", "olmo2_block's heads are d // heads wide (Olmo2Attention's q/k norms span the "
+                      "whole projection)")
     if model_type == "mixtral":
         _experts(c, draft)
     _window(c, draft, model_type, sizes["layers"])
     gemma = model_type == "gemma"
-    block = call("moe_block" if model_type == "mixtral" else "llama_block",
-                 _block_args(draft, model_type, _act(c, model_type, dflt)), indent=8)
+    if model_type == "olmo2":  # norms after attention and the MLP, q/k norms over the whole projection
+        if _act(c, model_type, dflt) != "silu":
+            raise c.error("hidden_act", "olmo2_block's MLP is SwiGLU (silu)")
+        bias = c.flag("attention_bias", default=False).value
+        block = call("olmo2_block", ["d", "heads", "kv_heads", "ffn", "rope_theta = rope_theta", "eps = eps"]
+                     + ["bias = true"] * bias, indent=8)
+    else:
+        block = call("moe_block" if model_type == "mixtral" else "llama_block",
+                     _block_args(draft, model_type, _act(c, model_type, dflt)), indent=8)
     draft.body += ["input tokens: int[batch, seq <= ctx]",
                    "x = tokens -> embed: Embedding(vocab, d)" + " -> Scale(sqrt(d))" * gemma,
                    "x = x -> layers: repeat layers {", *("    " + line for line in block), "}"]
@@ -187,6 +200,5 @@ RECIPES = (
     _recipe("qwen3", "Qwen3", "Qwen3", "llama.spec", QWEN3),  # the zoo has no Qwen3: LLaMA's names, qk_norm
     _recipe("gemma", "Gemma", "Gemma", "gemma.spec", GEMMA),
     _recipe("mixtral", "Mixtral", "Mixtral", "mixtral.spec", MIXTRAL),
-    # olmo2: OLMo-2 is being added to the weight loader (hf_naming.py) in parallel; its recipe goes here, in the
-    # same form, once specs/std/transformer.spec has its block (post-norms, q/k norms over the whole projection).
+    _recipe("olmo2", "OLMo 2", "Olmo2", "olmo2.spec", OLMO2),
 )
