@@ -11,8 +11,8 @@ per-layer window, a task head the loader does not name...) is refused with the c
 free of transformers: config.json is read as JSON and each model_type's defaults are written in its recipe.
 
 One recipe per model_type (recipe.py), grouped by family: gpt.py (GPT-2, GPT-1, OPT, BLOOM), rotary.py (Phi,
-GPT-NeoX, GPT-J), llama.py (LLaMA, Mistral, Qwen2, Qwen3, Gemma, Mixtral, OLMo 2), bert.py (BERT, ALBERT). config.py reads
-the file and locates errors; readers.py holds what families share; draft.py writes the text.
+GPT-NeoX, GPT-J), llama.py (LLaMA, Mistral, Qwen2, Qwen3, Gemma, Mixtral, OLMo 2), bert.py (BERT, ALBERT).
+config.py reads the file and locates errors; readers.py holds what families share; draft.py writes the text.
 """
 
 from __future__ import annotations
