@@ -12,7 +12,8 @@ from ..backends.torch_backend import Decoder, Seq2SeqDecoder, to_torch
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..contract import contract, refuse_encoder_decoder
 from ..errors import Span, SpecError
-from . import checkpoint, rundir
+from . import rundir
+from .init import load_run_weights
 
 
 def load_run(run_dir: str | Path, which: str = "best"):
@@ -33,7 +34,7 @@ def load_run(run_dir: str | Path, which: str = "best"):
         raise SpecError(f"'{run.path}' holds a masked language model: it fills in [MASK] tokens from both sides and "
                         "does not continue text", where, hint="sample a causal model (GPT, LLaMA, nanoGPT)")
     module = to_torch(compiled).eval()
-    checkpoint.load_weights_into(module, folder)
+    load_run_weights(module, record, folder)  # a LoRA run: its base weights, then its adapters
     return module, tokenizer, contract(compiled.model).context
 
 
