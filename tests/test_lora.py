@@ -403,3 +403,21 @@ def test_merge_folds_every_adapter_into_its_rows():
     assert torch.equal(after["layers.0.attn.qkv.weight"][:q], W[:q])  # q and v rows untouched
     assert torch.equal(after["layers.0.attn.qkv.weight"][q + kv:], W[q + kv:])
     assert torch.allclose(after["layers.0.attn.qkv.weight"][q:q + kv], W[q:q + kv] + 2.0 * B @ A, atol=1e-6)
+
+
+def test_the_docs_name_every_matrix_each_kind_declares():
+    """docs/language.md's table of LoRA's matrices, against the declarations."""
+    from conftest import ROOT
+    from kind_contract import compile_example
+    docs = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    start = docs.index("| Kind | Matrices |")
+    table = docs[start:docs.index("\n\n", start)]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*?) \|", table, re.M)}
+    for name, kind in KINDS.items():
+        layer = compile_example(name, kind.examples[0]).model.root.children[0]
+        matrices = [m.name for m in kind.adaptable(Args(layer.args))]
+        if matrices:
+            assert name in rows, f"{name} declares LoRA matrices the docs do not list"
+            assert all(f"`{m}`" in rows[name] for m in matrices if m), (name, matrices, rows[name])
+        else:
+            assert name not in rows
