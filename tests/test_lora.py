@@ -216,6 +216,8 @@ model gpt {{
     ('lora { rank = 4 }', 1, "LoRA needs targets", "--lora-targets"),
     ('lora { targets = [] }', 18, "LoRA targets are a list of names", None),
     ('lora { targets = "*.attn.q" }', 18, "LoRA targets are a list of names", None),
+    ('lora { rank = [4], targets = ["*.attn.q"] }', 15, "LoRA rank is a number, not a list", None),
+    ('lora { targets = [r] }', 18, "a LoRA target is a name, got 4", None),
     ('lora { targets = ["*.attn.q"] } lora { targets = ["*.attn.v"] }', 33, "a second `lora` section", None),
 ])
 def test_mistakes_are_located_in_the_spec(section, col, message, hint):
@@ -263,10 +265,10 @@ model m {
 TARGETS = {"rank": 4, "alpha": 8, "targets": "*.attn.qkv,*.mlp.fc", "dropout": 0.1}
 
 
-def lora_run(folder, corpus, out, steps: int, resume: bool = False, **flags):
+def lora_run(folder, corpus, out, steps: int, resume: bool = False, lora: dict | None = TARGETS, **flags):
     from specdsl.train.loop import train
     train(str(SPECS / "gpt2.spec"), overrides=dict(SIZES["gpt2"], dropout=0.0), progress=False, console=quiet(),
-          resume=resume, lora=TARGETS, flags={"init_from": str(folder), "data": str(corpus), "steps": steps,
+          resume=resume, lora=lora, flags={"init_from": str(folder), "data": str(corpus), "steps": steps,
                                               "batch": 4, "eval_every": 2, "eval_batches": 1, "seed": 7,
                                               "out": str(out), "decay_steps": 6, **flags})
 
@@ -318,7 +320,7 @@ def test_a_lora_run_resumes_bit_for_bit(tmp_path):
     folder, _, corpus = hf_folder(tmp_path, "gpt2")
     lora_run(folder, corpus, tmp_path / "whole", 6)
     lora_run(folder, corpus, tmp_path / "split", 2)
-    lora_run(folder, corpus, tmp_path / "split", 6, resume=True)
+    lora_run(folder, corpus, tmp_path / "split", 6, resume=True, lora=None)  # the run keeps its LoRA settings
     losses = [[json.loads(line)["train_loss"] for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
               for r in ("whole", "split")]
     assert losses[0] == losses[1] and len(losses[0]) == 6

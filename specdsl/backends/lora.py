@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ir
+from ..kinds import KindError
 
 
 def add_adapters(module: nn.Module, lora: ir.Lora) -> nn.Module:
@@ -36,9 +37,9 @@ def add_adapters(module: nn.Module, lora: ir.Lora) -> nn.Module:
         by_owner.setdefault(adapter.owner, []).append(adapter)
     for owner_path, adapters in by_owner.items():
         owner = module.get_submodule(owner_path)
-        if type(owner) is not nn.Linear:  # the declaration promises an nn.Linear using its weight as x @ W.T
-            raise TypeError(f"LoRA adapts {adapters[0].param}, but {owner_path} is a {type(owner).__name__}, not "
-                            "an nn.Linear")
+        if type(owner) is not nn.Linear:  # what Adaptable promises: an nn.Linear using its weight as x @ W.T
+            raise KindError(f"{adapters[0].kind} declares {adapters[0].param} adaptable (LoRA), but {owner_path} is "
+                            f"a {type(owner).__name__}, not an nn.Linear")
         _attach(owner, adapters, lora)
     module.lora = lora
     return module

@@ -162,6 +162,8 @@ def _problem(name: str, value) -> str | None:
             return f"LoRA targets are a list of names, e.g. [\"*.attn.q\"]; got {type_name(value)} {value!r}"
         bad = [t for t, _ in value if not isinstance(t, str) or not t.strip()]
         return f"a LoRA target is a name, got {bad[0]!r}" if bad else None
+    if isinstance(value, list):
+        return f"LoRA {name} is a number, not a list"
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if name == "rank":
         if not isinstance(value, int) or isinstance(value, bool):
