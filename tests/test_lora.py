@@ -14,7 +14,7 @@ from test_hf_logits_parity import gpt2, llama, perturb
 from test_init_from import SIZES, first_batch, hf_folder, quiet
 
 import specdsl
-from conftest import SPECS
+from conftest import ROOT, SPECS
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -409,7 +409,6 @@ def test_merge_folds_every_adapter_into_its_rows():
 
 def test_the_docs_name_every_matrix_each_kind_declares():
     """docs/language.md's table of LoRA's matrices, against the declarations."""
-    from conftest import ROOT
     from kind_contract import compile_example
     docs = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
     start = docs.index("| Kind | Matrices |")

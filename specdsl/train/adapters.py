@@ -33,6 +33,14 @@ def resumed_settings(saved: dict, model: ir.Model, flags: dict | None, out: Path
     return kept
 
 
+def base_path(record: dict | None) -> str | None:
+    """Where a LoRA run's base weights are (run.json's absolute path: a resume from another folder finds them)."""
+    lora = (record or {}).get("lora")
+    base = lora.get("base") if isinstance(lora, dict) else None
+    path = base.get("path") if isinstance(base, dict) else None
+    return path if isinstance(path, str) else None
+
+
 def start(module, lora: ir.Lora, init, saved: dict | None) -> dict:
     """After the base weights are in `module`: their fingerprint (a resumed run's must be the one it started with),
     then the adapters. Returns run.json's "lora"."""

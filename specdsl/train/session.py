@@ -73,7 +73,7 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
     if config.batch % config.accum:
         raise SpecError(f"batch {config.batch} is not divisible by accum {config.accum}", Span("--accum", 0, 0))
 
-    init = init_source(config.init_from) if config.init_from else None
+    init = init_source(adapters.base_path(saved) or config.init_from) if config.init_from else None
     if config.tokenizer is None:  # char, unless a tokenizer came with the weights to start from
         config = replace(config, tokenizer=init.tokenizer if init and init.tokenizer else "char")
     tokenizer, ids, data, pairs = None, None, {"builtin": "digits"}, None
@@ -321,7 +321,7 @@ def follow(spec_path: str, shared: dict) -> tuple[Session, rundir.RunDir]:
     module = to_torch(compiled)
     lora = compiled.model.lora
     if config.init_from and (not shared["resuming"] or lora):  # every rank starts from them (FSDP shards them)
-        load_initial_weights(module, init_source(config.init_from))
+        load_initial_weights(module, init_source(adapters.base_path(record) or config.init_from))
     if lora is not None:  # the same adapters as rank 0's: drawn from the same seed after the same build
         from ..backends.lora import add_adapters
         add_adapters(module, lora)
