@@ -9,6 +9,9 @@ Conventions (named in every report):
 - params.embedding: parameters of Embedding and PositionalEmbedding layers (an untied output head is not one);
   non_embedding = total - embedding.
 - params.active: parameters one token touches; a mixture of experts counts top_k of its experts (and its router).
+- LoRA: total = the base model + the adapters (A [rank, in] and B [out, rank] per adapted matrix, no biases: peft's
+  bias="none"); trainable = the adapters; frozen = the base (the module tree's rows are the base's, all frozen).
+  As peft's get_nb_trainable_parameters counts them. FLOPs are the base model's.
 - FLOPs: forward matmul FLOPs per token (per example for models without a sequence axis), 2 per multiply-add;
   the attention scores and weighted sum at the full context length without a causal discount (PaLM, App. B);
   norms, activations, softmax and the embedding lookup are not counted; training = 3 x forward.
@@ -121,15 +124,25 @@ class Analysis:
     tree: ModuleStats
     unit: str  # "token" or "example": what FLOPs and KV cache are counted per
     context: int | None  # the sequence length the attention FLOPs assume
+    lora: ir.Lora | None = None  # LoRA fine-tuning: the base model frozen, its adapters trained
 
     # ---- parameters ----
     @property
+    def adapters(self) -> int:
+        """Parameters of the LoRA adapters (0 without LoRA)."""
+        return self.lora.params if self.lora else 0
+
+    @property
     def total(self) -> int:
-        return self.tree.params
+        return self.tree.params + self.adapters
 
     @property
     def trainable(self) -> int:
-        return self.tree.trainable
+        return self.adapters if self.lora else self.tree.trainable
+
+    @property
+    def frozen(self) -> int:
+        return self.total - self.trainable
 
     @property
     def embedding(self) -> int:
@@ -141,7 +154,7 @@ class Analysis:
 
     @property
     def active(self) -> int:
-        return self.tree.active
+        return self.tree.active + self.adapters
 
     # ---- FLOPs ----
     @property
@@ -175,14 +188,28 @@ class Analysis:
         tokens = CHINCHILLA_TOKENS_PER_PARAM * self.total
         return {"compute_optimal_tokens": tokens, "training_flops": 6 * self.active * tokens}
 
+    def lora_json(self) -> dict[str, Any] | None:
+        """The LoRA settings, what they adapt and its counts (docs/json.md), or None."""
+        lora = self.lora
+        if lora is None:
+            return None
+        return {**lora.settings(), "scale": lora.scale, "matrices": len(lora.adapters), "params": lora.params,
+                "trainable_percent": 100 * self.trainable / self.total if self.total else 0.0,
+                "adapters": [{"target": a.target, "param": a.param, "rows": list(a.rows) if a.rows else None,
+                              "lora_A": [lora.rank, a.in_features], "lora_B": [a.out_features, lora.rank]}
+                             for a in lora.adapters]}
+
     def to_json(self) -> dict[str, Any]:
+        params = {"total": self.total, "trainable": self.trainable, "frozen": self.frozen,
+                  "embedding": self.embedding, "non_embedding": self.non_embedding, "active": self.active,
+                  "convention": PARAMS_CONVENTION}
+        if self.lora:
+            params["lora"] = self.lora_json()
         return {
             "model": self.model,
             "preset": self.preset,
             "hyperparameters": self.hyperparameters,
-            "params": {"total": self.total, "trainable": self.trainable, "embedding": self.embedding,
-                       "non_embedding": self.non_embedding, "active": self.active,
-                       "convention": PARAMS_CONVENTION},
+            "params": params,
             "flops": {"forward_per_token": self.forward_flops, "train_per_token": self.train_flops,
                       "per": self.unit, "context": self.context, "convention": FLOPS_CONVENTION},
             "memory": self.memory(),
@@ -198,8 +225,17 @@ def analyse(model: ir.Model) -> Analysis:
     contexts = [KINDS[layer.kind].context(Args(layer.args), layer.input)
                 for layer in _layers(model.root)]
     context = max((c for c in contexts if c), default=None)
+    if model.lora is not None:
+        _freeze(tree)
     return Analysis(model.name, model.preset, dict(model.hyperparameters), tree,
-                    "token" if sequence_like else "example", context)
+                    "token" if sequence_like else "example", context, model.lora)
+
+
+def _freeze(stats: ModuleStats) -> None:
+    """Under LoRA the whole base model is frozen: no module trains its own parameters."""
+    stats.trainable = 0
+    for child in stats.children:
+        _freeze(child)
 
 
 def _layers(module: ir.Module):

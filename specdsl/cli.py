@@ -54,6 +54,23 @@ def _overrides(sets: list[str]) -> dict:
     return out
 
 
+# LoRA (docs/language.md, "LoRA"): the same flags for `specc compile` (counts) and `specc train` (fine-tuning); each
+# overrides the spec's `lora { ... }` section.
+LORA_RANK = typer.Option(None, "--lora", metavar="RANK", help="LoRA fine-tuning with adapters of this rank (the "
+                         "base model frozen).")
+LORA_ALPHA = typer.Option(None, "--lora-alpha", help="LoRA's alpha: the adapters are scaled by alpha / rank "
+                          "(default 8, as peft).")
+LORA_TARGETS = typer.Option(None, "--lora-targets", metavar="T1,T2", help="The matrices to adapt: globs over "
+                            "their paths (*.attn.q, h.*.mlp.fc) or kinds (Attention.v, Linear), comma-separated.")
+LORA_DROPOUT = typer.Option(None, "--lora-dropout", help="Dropout on the adapters' input (default 0).")
+
+
+def _lora(rank: int | None, alpha: float | None, targets: str | None, dropout: float | None) -> dict | None:
+    """The --lora flags given, for the elaborator (which checks them over the spec's section); None when none."""
+    given = {"rank": rank, "alpha": alpha, "targets": targets, "dropout": dropout}
+    return given if any(v is not None for v in given.values()) else None
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"specc {__version__}")
@@ -76,11 +93,16 @@ def compile_(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the report."),
     emit_torch: Optional[str] = typer.Option(None, "--emit-torch", metavar="OUT.py",
                                              help="Also write a standalone PyTorch file of the model."),
+    lora: Optional[int] = LORA_RANK,
+    lora_alpha: Optional[float] = LORA_ALPHA,
+    lora_targets: Optional[str] = LORA_TARGETS,
+    lora_dropout: Optional[float] = LORA_DROPOUT,
 ) -> None:
     """Parse, check and analyse a spec: exact parameter counts, FLOPs per token and memory."""
     from .commands.compile import compile_command
     try:
-        compile_command(file, preset, _overrides(sets), as_json, emit_torch)
+        compile_command(file, preset, _overrides(sets), as_json, emit_torch,
+                        _lora(lora, lora_alpha, lora_targets, lora_dropout))
     except SpecError as e:
         _fail(e)
 
@@ -119,6 +141,10 @@ def train_cmd(
                                             help="Steps between status lines when not on a terminal (default: "
                                                  "eval-every / 5; 0: none)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard events to RUN/tensorboard."),
+    lora: Optional[int] = LORA_RANK,
+    lora_alpha: Optional[float] = LORA_ALPHA,
+    lora_targets: Optional[str] = LORA_TARGETS,
+    lora_dropout: Optional[float] = LORA_DROPOUT,
 ) -> None:
     """Train a spec: checkpoints, evaluation on held-out data, a loss plot and a summary."""
     if nproc > 1:
@@ -132,7 +158,7 @@ def train_cmd(
     register_worker()
     try:
         train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume, log_every=log_every,
-              tensorboard=tensorboard, device=device)
+              tensorboard=tensorboard, device=device, lora=_lora(lora, lora_alpha, lora_targets, lora_dropout))
     except SpecError as e:
         _fail(e)
     except ReportedByRankZero:

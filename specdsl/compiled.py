@@ -35,19 +35,22 @@ class Compiled:
         return f"<specdsl.Compiled {self.name}: {self.analysis.total:,} params>"
 
 
-def load(path, preset: str | None = None, overrides: dict | None = None) -> Compiled:
-    """Parse, elaborate and analyse a spec file. Raises SpecError with every error found."""
-    return Compiled(_load_model(path, preset, overrides))
+def load(path, preset: str | None = None, overrides: dict | None = None, lora: dict | None = None) -> Compiled:
+    """Parse, elaborate and analyse a spec file. Raises SpecError with every error found. `lora`: LoRA settings
+    over the spec's `lora` section, as the --lora flags give them: {"rank": 8, "targets": ["*.attn.q"]}."""
+    return Compiled(_load_model(path, preset, overrides, lora))
 
 
-def loads(text: str, preset: str | None = None, overrides: dict | None = None, name: str = "<string>") -> Compiled:
+def loads(text: str, preset: str | None = None, overrides: dict | None = None, name: str = "<string>",
+          lora: dict | None = None) -> Compiled:
     """Like load, from a string."""
-    return Compiled(_loads_model(text, preset, overrides, name))
+    return Compiled(_loads_model(text, preset, overrides, name, lora))
 
 
-def load_saved(sources, uses, preset: str | None = None, overrides: dict | None = None) -> Compiled:
+def load_saved(sources, uses, preset: str | None = None, overrides: dict | None = None,
+               lora: dict | None = None) -> Compiled:
     """Like load, from saved sources (a run directory's): see elaborate.load_saved."""
-    return Compiled(_load_saved_model(sources, uses, preset, overrides))
+    return Compiled(_load_saved_model(sources, uses, preset, overrides, lora))
 
 
 

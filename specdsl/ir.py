@@ -85,6 +85,61 @@ class Input:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """One matrix a LoRA adapter adapts (a kind's Adaptable at one layer, repeats unrolled): A [rank, in_features]
+    and B [out_features, rank], added to rows `rows` of the parameter `param` (all rows when None)."""
+
+    layer: str  # the layer's path, repeats unrolled: h.0.attn
+    kind: str
+    matrix: str  # the kind's name for it: q, fc; "" for the layer's own weight (a Linear)
+    param: str  # the full path of the weight it adapts: h.0.attn.qkv.weight
+    rows: tuple[int, int] | None
+    in_features: int
+    out_features: int
+
+    @property
+    def owner(self) -> str:
+        """The path of the nn.Linear whose weight `param` is (h.0.attn.qkv): the adapters are its parameters."""
+        return self.param.rpartition(".")[0]
+
+    @property
+    def key(self) -> str:
+        """The adapter's name under its owner: h.0.attn.qkv.lora_A.q, lm_head.lora_A.weight."""
+        return self.matrix or "weight"
+
+    @property
+    def target(self) -> str:
+        """How a target names it: h.0.attn.q, lm_head."""
+        return f"{self.layer}.{self.matrix}" if self.matrix else self.layer
+
+
+@dataclass(frozen=True)
+class Lora:
+    """LoRA fine-tuning (Hu et al. 2021): the base model frozen, each adapted matrix W used as W + (alpha / rank) B A.
+    `targets` as written (in the spec's `lora` section or `--lora-targets`); `adapters` what they chose."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    adapters: tuple[Adapter, ...]
+    span: Span = field(compare=False, repr=False)  # the section, or the command-line flag, that asked for it
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def params(self) -> int:
+        """Elements of every A and B: the parameters a LoRA run trains."""
+        return sum(self.rank * (a.in_features + a.out_features) for a in self.adapters)
+
+    def settings(self) -> dict[str, Any]:
+        """rank, alpha, dropout and targets: what `--lora*` flags give, what run.json records."""
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)}
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     root: Module
@@ -95,6 +150,7 @@ class Model:
     source: str = field(default="", repr=False)
     preset: str | None = None
     train: dict[str, Any] = field(default_factory=dict, hash=False)  # the spec's `train { ... }` settings
+    lora: Lora | None = None  # LoRA fine-tuning: the spec's `lora { ... }` section or the --lora flags
     # Every file of the spec as (name, text), the main file first, and which file each `use` resolved to
     # (using file, path as written, file): what a run directory saves so it compiles from its own copies.
     sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)

@@ -333,6 +333,18 @@ class _ToAst(Transformer):
         keyword, *assigns = children
         return S.TrainSection(tuple(a for a in assigns if a is not None), self._t(keyword))
 
+    def lora_decl(self, children):
+        keyword, *assigns = children
+        return S.LoraSection(tuple(a for a in assigns if a is not None), self._t(keyword))
+
+    def lora_assign(self, children):
+        tok, value = children
+        return (str(tok), value, self._t(tok))
+
+    def lora_list(self, children):
+        bracket, *items = children
+        return S.ListValue(tuple(i for i in items if i is not None), self._t(bracket))
+
     def block_param(self, children):
         tok, typ, default = children
         return S.BlockParam(str(tok), str(typ) if typ is not None else None, default, self._t(tok))
@@ -458,6 +470,7 @@ def parse_text(text: str, file: str = "<input>") -> S.SpecFile:
         blocks=tuple(i for i in items if isinstance(i, S.BlockDef)),
         models=tuple(i for i in items if isinstance(i, S.ModelDef)),
         train=tuple(i for i in items if isinstance(i, S.TrainSection)),
+        lora=tuple(i for i in items if isinstance(i, S.LoraSection)),
     )
     if len(_CACHE) > 256:
         _CACHE.clear()

@@ -69,6 +69,18 @@ def _count(node: ModuleStats) -> int:
     return sum(1 + _count(c) for c in node.children if c.params or c.children or c.tied)
 
 
+def _lora_rows(summary: Table, a: Analysis) -> None:
+    """What LoRA adapts, and the counts as peft's print_trainable_parameters says them."""
+    lora = a.lora
+    summary.add_row("LoRA", Text(printable(f"rank {lora.rank}, alpha {lora.alpha:g} (scale {lora.scale:g}), dropout "
+                                           f"{lora.dropout:g}: {len(lora.adapters):,} matrices "
+                                           f"({', '.join(lora.targets)})")))
+    summary.add_row("", f"trainable params: {a.trainable:,} || all params: {a.total:,} || "
+                        f"trainable%: {100 * a.trainable / a.total:.4f}")
+    summary.add_row("", Text("adapters A [rank, in] and B [out, rank] trained, the base model frozen; FLOPs are the "
+                             "base model's", style="dim"))
+
+
 def report(a: Analysis, source: str, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 110)
     # Names, presets and paths come from the spec and the command line: plain text (Text), never markup.
@@ -79,7 +91,7 @@ def report(a: Analysis, source: str, console: Console | None = None) -> None:
     table.add_column("layer")
     table.add_column("params", justify="right")
     table.add_column("share", justify="right")
-    left_out = _rows(table, a.tree, a.total, 0)
+    left_out = _rows(table, a.tree, a.tree.params, 0)  # shares of the model (LoRA's adapters are said below)
     if left_out:
         table.add_row(Text(f"... {left_out:,} more", style="dim"), Text("specc compile --json lists every module",
                                                                          style="dim"), "", "")
@@ -88,12 +100,15 @@ def report(a: Analysis, source: str, console: Console | None = None) -> None:
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
-    summary.add_row("params", f"total {a.total:,} ({human(a.total)})  trainable {a.trainable:,}  "
+    frozen = f"  frozen {a.frozen:,}" if a.frozen else ""
+    summary.add_row("params", f"total {a.total:,} ({human(a.total)})  trainable {a.trainable:,}{frozen}  "
                               f"embedding {a.embedding:,}  non-embedding {a.non_embedding:,}")
     if a.active != a.total:
         summary.add_row("", f"active per token {a.active:,} ({human(a.active)}, "
                             f"{100 * (a.active * 1000 // a.total) / 1000:.1f}% of total)")
     summary.add_row("", f"[dim]{PARAMS_CONVENTION}[/dim]")
+    if a.lora:
+        _lora_rows(summary, a)
     ctx = f" at context {a.context:,}" if a.context else ""
     summary.add_row(f"FLOPs/{a.unit}", f"forward {human(a.forward_flops)}  train {human(a.train_flops)}{ctx}")
     summary.add_row("", f"[dim]{FLOPS_CONVENTION}[/dim]")

@@ -185,6 +185,22 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class ListValue:
+    """`[a, b, ...]`: a value of the lora section (its targets); the language has no lists elsewhere."""
+
+    items: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """`lora { rank = 8, alpha = 16, targets = ["*.attn.q", "*.attn.v"] }`: LoRA fine-tuning of the model."""
+
+    assignments: tuple[tuple[str, Expr | ListValue, Span], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class BlockParam:
     name: str
     type: str | None
@@ -217,6 +233,7 @@ class SpecFile:
     blocks: tuple[BlockDef, ...]
     models: tuple[ModelDef, ...]
     train: tuple[TrainSection, ...] = ()
+    lora: tuple[LoraSection, ...] = ()
     source: str | None = field(default=None, compare=False, repr=False)  # the text parsed, which its spans carry
 
     @property

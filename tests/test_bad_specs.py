@@ -316,7 +316,7 @@ TRAIN = [
     case("train-negative-lr", PLAIN + "train { lr = -0.1 }\n", 5, 14, ("'lr' must be positive", "-0.1")),
     case("train-beta-out-of-range", PLAIN + "train { beta2 = 1.0 }\n", 5, 17, "'beta2' must be in [0, 1)"),
     case("train-unknown-tokenizer", PLAIN + 'train { tokenizer = "word" }\n', 5, 21,
-         "'tokenizer' must be char or byte"),
+         "'tokenizer': it must be char, byte, bpe:VOCAB"),
     case("train-setting-twice", PLAIN + "train { steps = 1, steps = 2 }\n", 5, 20, "'steps' is given twice"),
 ]
 

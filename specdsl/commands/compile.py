@@ -10,8 +10,9 @@ from ..errors import Span, SpecError
 from ..text import printable
 
 
-def compile_command(file: str, preset: str | None, overrides: dict, as_json: bool, emit_torch: str | None) -> None:
-    compiled = load(file, preset=preset, overrides=overrides)
+def compile_command(file: str, preset: str | None, overrides: dict, as_json: bool, emit_torch: str | None,
+                    lora: dict | None = None) -> None:
+    compiled = load(file, preset=preset, overrides=overrides, lora=lora)
     if emit_torch:
         from ..backends.emit_torch import emit_torch as emit
         from ..io import check_output, write_text_atomic

@@ -48,22 +48,35 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
     from ..backends.onnx_export import export
     with console.status("exporting and checking with onnxruntime"):
-        module = trained_module(compiled, weights) if weights is not None else None
+        module = trained_module(compiled, weights, record) if weights is not None else None
+        merged = None
+        if compiled.model.lora is not None:  # LoRA: the adapters merged into the base weights; the plain model exports
+            from ..train.adapters import merged as merge_adapters
+            compiled, module, merged = merge_adapters(compiled, module)
         report = export(compiled, output, module=module, tokenizer=tokenizer, quantize=quantize, val_task=val_task)
+    if merged is not None:
+        console.print(f"merged the LoRA adapters into the base weights: max |diff| {merged:.2e} against the "
+                      "unmerged model in PyTorch")
     _print_report(console, report)
     return report
 
 
-def trained_module(compiled, folder: Path):
-    """The spec's torch module holding a checkpoint's weights (a folder of a run: best/, last/). A checkpoint of
-    another model, or a damaged one, is a SpecError naming it. The caller's torch RNG is left as it was: the
-    module's random initial weights are drawn from a fork of it, and replaced."""
+def trained_module(compiled, folder: Path, record: dict | None = None):
+    """The spec's torch module holding a checkpoint's weights (a folder of a run: best/, last/; with its run.json
+    `record`, a LoRA run's base weights and adapters). A checkpoint of another model, or a damaged one, is a
+    SpecError naming it. The caller's torch RNG is left as it was: the module's random initial weights are drawn
+    from a fork of it, and replaced."""
     import torch
 
     from ..backends.torch_backend import to_torch
     from ..train.checkpoint import load_weights_into
     with torch.random.fork_rng(devices=[]):
         module = to_torch(compiled)
+    if compiled.model.lora is not None:
+        from ..train.init import load_run_weights
+        with torch.random.fork_rng(devices=[]):  # the adapters' initial values, replaced by the checkpoint's
+            load_run_weights(module, record or {}, folder)
+        return module
     try:
         load_weights_into(module, folder)
     except Exception as e:

@@ -30,31 +30,34 @@ __all__ = ["MAX_BLOCK_DEPTH", "MAX_INT_BITS", "MAX_LAYERS", "MAX_STEPS", "MAX_ST
 
 
 def elaborate(spec: S.SpecFile, preset: str | None = None, overrides: dict[str, Any] | None = None,
-              saved: SavedSources | None = None) -> ir.Model:
+              saved: SavedSources | None = None, lora: dict[str, Any] | None = None) -> ir.Model:
+    """`lora`: LoRA settings over the spec's `lora` section (rank, alpha, dropout, targets; None: not given), as
+    the --lora flags give them."""
     try:
-        return Elaborator(spec, saved).model(preset, dict(overrides or {}))
+        return Elaborator(spec, saved).model(preset, dict(overrides or {}), lora)
     except RecursionError:
         raise SpecError("the spec nests too deeply to elaborate", spec.start) from None
 
 
-def load(path: str | os.PathLike, preset: str | None = None, overrides: dict[str, Any] | None = None) -> ir.Model:
+def load(path: str | os.PathLike, preset: str | None = None, overrides: dict[str, Any] | None = None,
+         lora: dict[str, Any] | None = None) -> ir.Model:
     """Read, parse and elaborate a spec file. Raises SpecError (with every error found) on bad input."""
     name, text = read_source(path)
-    return _with_source(elaborate(parse_text(text, name), preset, overrides), text)
+    return _with_source(elaborate(parse_text(text, name), preset, overrides, lora=lora), text)
 
 
 def loads(text: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
-          name: str = "<string>") -> ir.Model:
-    return _with_source(elaborate(parse_text(text, name), preset, overrides), text)
+          name: str = "<string>", lora: dict[str, Any] | None = None) -> ir.Model:
+    return _with_source(elaborate(parse_text(text, name), preset, overrides, lora=lora), text)
 
 
 def load_saved(sources: list[tuple[str, str]], uses: list[tuple[str, str, str]], preset: str | None = None,
-               overrides: dict[str, Any] | None = None) -> ir.Model:
+               overrides: dict[str, Any] | None = None, lora: dict[str, Any] | None = None) -> ir.Model:
     """Elaborate a spec from saved sources (a run directory's): `sources` is (name, text), the main file first;
     `uses` says which saved file each `use` resolved to when they were saved."""
     (name, text), files = sources[0], dict(sources)
     saved = SavedSources(files, {(using, written): to for using, written, to in uses})
-    return _with_source(elaborate(parse_text(text, name), preset, overrides, saved), text)
+    return _with_source(elaborate(parse_text(text, name), preset, overrides, saved, lora), text)
 
 
 def _with_source(model: ir.Model, source: str) -> ir.Model:

@@ -2,9 +2,10 @@
 
 Its concerns live in sibling modules, one class each, combined here: `use` (uses.py), hyperparameters, presets and
 training settings (hyperparameters.py), expressions (expressions.py), layers (layers.py), blocks and repeats
-(blocks.py) and the statements of a body (bodies.py). They call one another through `self` because the language
-nests them in both directions (an expression may be a pipeline, whose block has a body of statements, whose values
-are expressions), and they share one ElaborationState (state.py): the errors collected, the call stack, the budget.
+(blocks.py), the statements of a body (bodies.py) and the LoRA section (lora.py). They call one another through
+`self` because the language nests them in both directions (an expression may be a pipeline, whose block has a body
+of statements, whose values are expressions), and they share one ElaborationState (state.py): the errors collected,
+the call stack, the budget.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from .bodies import Bodies
 from .expressions import Expressions
 from .hyperparameters import Hyperparameters
 from .layers import Layers
+from .lora import LoraSection
 from .state import Abort
 from .uses import Uses
 from .values import ModuleBuilder, Scope
 
 
-class Elaborator(Uses, Hyperparameters, Expressions, Layers, Blocks, Bodies):
-    def model(self, preset: str | None, overrides: dict[str, Any]) -> ir.Model:
-        """The model, or one SpecError with every error found, in source order."""
+class Elaborator(Uses, Hyperparameters, Expressions, Layers, Blocks, Bodies, LoraSection):
+    def model(self, preset: str | None, overrides: dict[str, Any], lora: dict[str, Any] | None = None) -> ir.Model:
+        """The model, or one SpecError with every error found, in source order. `lora`: the --lora flags."""
         spec = self.main
         self.load_uses(spec)
         hyper = self.hyperparameters(preset, overrides)
@@ -42,11 +44,15 @@ class Elaborator(Uses, Hyperparameters, Expressions, Layers, Blocks, Bodies):
         except Abort:
             pass
         train = self.settings(spec, hyper)
+        lora_settings = self.lora_settings(spec, hyper, lora)
         if self.errors:
             raise SpecError.combine(self.in_source_order())
         inputs = tuple(self.model_inputs)
         module = ir.Module("", model_def.name, tuple(root.children), tuple(root.ops),
                            tuple(i.name for i in inputs), tuple(v.ref for _, v in outputs), model_def.span)
+        adapters = self.choose_adapters(lora_settings, module) if lora_settings else None
+        if self.errors:  # the LoRA targets, which need the whole model
+            raise SpecError.combine(self.in_source_order())
         return ir.Model(model_def.name, module, inputs, tuple((n, v.type) for n, v in outputs),
                         {k: v for k, v in hyper.items()}, path=spec.path, preset=preset, train=train,
-                        sources=tuple(self.sources.items()), uses=tuple(self.uses))
+                        sources=tuple(self.sources.items()), uses=tuple(self.uses), lora=adapters)

@@ -13,7 +13,7 @@ from .values import POISON, TYPE_NAMES, TYPES, Poison, Scope, type_name
 
 # The language's keywords: not hyperparameter names.
 RESERVED = frozenset(("true", "false", "and", "or", "not", "if", "else", "repeat", "shared", "input", "return",
-                      "assert", "use", "param", "preset", "block", "model", "train"))
+                      "assert", "use", "param", "preset", "block", "model", "train", "lora"))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

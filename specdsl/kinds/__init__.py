@@ -13,7 +13,7 @@ from . import embedding, linear, norm, elementwise, attention, mlp, conv  # noqa
 from . import cross_attention, sinusoidal, relative_position  # noqa: F401
 # isort: on
 from ..errors import SpecError
-from .base import REGISTRY, REQUIRED, Arg, Args, Example, Kind, KindError, TorchForm
+from .base import REGISTRY, REQUIRED, Adaptable, Arg, Args, Example, Kind, KindError, TorchForm
 from .elementwise import ACTIVATIONS
 
 KINDS = REGISTRY
@@ -30,5 +30,5 @@ def torch_form_of(layer) -> TorchForm:
                                          "'Adding a layer kind')") from None
 
 
-__all__ = ["KINDS", "torch_form_of", "Kind", "Arg", "Args", "Example", "KindError", "TorchForm", "REQUIRED",
-           "ACTIVATIONS"]
+__all__ = ["KINDS", "torch_form_of", "Kind", "Adaptable", "Arg", "Args", "Example", "KindError", "TorchForm",
+           "REQUIRED", "ACTIVATIONS"]

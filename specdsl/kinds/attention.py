@@ -29,6 +29,7 @@ import math
 
 from ..shapes import ShapeError, concrete_count, max_extent
 from .base import (
+    Adaptable,
     Arg,
     Example,
     Kind,
@@ -208,3 +209,14 @@ class Attention(Kind):
         if a.scale != 1 / math.sqrt(a.head_dim):
             parts.append(f"scale={a.scale:g}")
         return f"Attention({', '.join(parts)})"
+
+    # ---- LoRA: the matrices an adapter may target (docs/language.md, "LoRA") ----
+    def adaptable(self, a):
+        # q, k and v are row slices of the fused qkv weight (q rows, then k, then v): what Hugging Face's separate
+        # q_proj, k_proj and v_proj are, so LoRA on "q_proj, v_proj" is `*.attn.q, *.attn.v` here.
+        q, kv = a.heads * a.head_dim, a.kv_heads * a.head_dim
+        return (Adaptable("q", "qkv.weight", (0, q), a.d, q),
+                Adaptable("k", "qkv.weight", (q, q + kv), a.d, kv),
+                Adaptable("v", "qkv.weight", (q + kv, q + 2 * kv), a.d, kv),
+                Adaptable("qkv", "qkv.weight", None, a.d, q + 2 * kv),
+                Adaptable("out", "out.weight", None, q, a.d))

@@ -67,6 +67,23 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Adaptable:
+    """A matrix of a kind that LoRA may adapt (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"):
+    W + (alpha / rank) * B @ A, A [rank, in_features] and B [out_features, rank]. `name` is how a target names it
+    after the layer's path (`h.0.attn.q`, `Attention.q`); "" is the layer's own weight (a Linear: `lm_head`).
+    `param` is the parameter it is, or is part of (`qkv.weight`): a weight [out, in] used as `x @ W.T` by an
+    nn.Linear at the parameter's module path. `rows` is [start, stop) of its rows in that parameter (Attention's q,
+    k and v are row slices of the fused qkv), None for all of them. Counts (analysis.py), the adapters' torch form
+    and their merge before export (backends/lora.py) read this one declaration."""
+
+    name: str
+    param: str
+    rows: tuple[int, int] | None
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
 class Arg:
     """One argument of a kind. `type` is int, float, bool, str, or "tensor": a tensor value in scope that the layer
     reads beside its piped input (cross-attention's `memory = enc`); the kind's methods see its TensorType, the
@@ -252,6 +269,10 @@ class Kind:
     def describe(self, a: Args) -> str:
         shown = [str(a[arg.name]) for arg in self.args if arg.default is REQUIRED and arg.type != "tensor"]
         return f"{self.name}({', '.join(shown)})"
+
+    def adaptable(self, a: Args) -> tuple[Adaptable, ...]:
+        """The matrices LoRA may adapt (Adaptable), none by default."""
+        return ()
 
     # ---- the torch form: declared as data, so the torch backend builds it and --emit-torch writes it ----
     def torch_form(self, a: Args) -> TorchForm:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..shapes import ShapeError, concrete_count, format_shape, max_extent
-from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive, probability
+from .base import Adaptable, Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive, probability
 
 
 def _default_head_dim(a):
@@ -135,3 +135,12 @@ class CrossAttention(Kind):
         if a.scale != 1 / math.sqrt(a.head_dim):
             parts.append(f"scale={a.scale:g}")
         return f"CrossAttention({', '.join(parts)})"
+
+    # ---- LoRA: the matrices an adapter may target (docs/language.md, "LoRA") ----
+    def adaptable(self, a):
+        q, kv = a.heads * a.head_dim, a.kv_heads * a.head_dim
+        return (Adaptable("q", "q.weight", None, a.d, q),
+                Adaptable("k", "kv.weight", (0, kv), a.memory_dim, kv),
+                Adaptable("v", "kv.weight", (kv, 2 * kv), a.memory_dim, kv),
+                Adaptable("kv", "kv.weight", None, a.memory_dim, 2 * kv),
+                Adaptable("out", "out.weight", None, q, a.d))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import concrete_count
-from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
+from .base import Adaptable, Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
 
 
 class Linear(Kind):
@@ -32,3 +32,6 @@ class Linear(Kind):
 
     def torch_form(self, a):
         return TorchForm("nn.Linear", (a["in"], a.out), {"bias": a.bias})
+
+    def adaptable(self, a):  # LoRA's target: the layer itself (`lm_head`, `Linear`)
+        return (Adaptable("", "weight", None, a["in"], a.out),)

@@ -8,7 +8,7 @@ and mixes their outputs with the renormalised router probabilities.
 from __future__ import annotations
 
 from ..shapes import ShapeError, concrete_count
-from .base import Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
+from .base import Adaptable, Arg, Example, Kind, TorchForm, expect_float, expect_last_dim, positive
 from .elementwise import ACTIVATIONS
 
 
@@ -45,6 +45,9 @@ class MLP(Kind):
     def torch_form(self, a):
         return TorchForm("MLP", (), dict(a))
 
+    def adaptable(self, a):  # LoRA's targets (docs/language.md, "LoRA"): Hugging Face's c_fc / fc1, c_proj / fc2
+        return (Adaptable("fc", "fc.weight", None, a.d, a.ffn), Adaptable("proj", "proj.weight", None, a.ffn, a.d))
+
 
 class GatedMLP(Kind):
     name = "GatedMLP"
@@ -73,6 +76,10 @@ class GatedMLP(Kind):
 
     def torch_form(self, a):
         return TorchForm("GatedMLP", (), dict(a))
+
+    def adaptable(self, a):  # LoRA's targets: LLaMA's gate_proj, up_proj, down_proj
+        return (Adaptable("gate", "gate.weight", None, a.d, a.ffn), Adaptable("up", "up.weight", None, a.d, a.ffn),
+                Adaptable("down", "down.weight", None, a.ffn, a.d))
 
 
 class MoE(Kind):

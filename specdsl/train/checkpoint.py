@@ -1,7 +1,8 @@
 """Checkpoints that are always complete on disk, and load without pickle.
 
 A checkpoint is a folder (`last/`, `best/`):
-    model.safetensors       the weights (a tied tensor once, under its first name)
+    model.safetensors       the weights (a tied tensor once, under its first name); a LoRA run's holds its adapters
+                            only: its base weights are those it started from (run.json's "lora")
     optimizer.safetensors   the optimizer's tensors ("state.<index>.<name>")
     optimizer.json          the rest of the optimizer's state (param groups)
     rng.safetensors         torch's CPU (and CUDA) generator states and the batch generator's state
@@ -52,12 +53,22 @@ def _sharded(module: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
+def _stored(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The parameters a checkpoint holds: every one, or a LoRA module's adapters only (backends/lora.py)."""
+    params = dict(module.named_parameters())
+    if getattr(module, "lora", None) is None:
+        return params
+    from ..backends.lora import adapter_names
+    return {name: params[name] for name in adapter_names(module)}
+
+
 def capture(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """(weights by name, optimizer state in torch's index-keyed form). With FSDP every rank must call this: the
     full tensors are gathered from the shards."""
-    names = [name for name, _ in module.named_parameters()]
+    stored = _stored(module)
+    names = list(stored)
     if not _sharded(module):
-        return ({n: p.detach().contiguous().cpu() for n, p in module.named_parameters()}, optimizer.state_dict())
+        return ({n: p.detach().contiguous().cpu() for n, p in stored.items()}, optimizer.state_dict())
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     model_sd, optim_sd = get_state_dict(module, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -125,12 +136,16 @@ def load_weights_into(module: torch.nn.Module, folder: Path) -> None:
 
 
 def _load_weights(module: torch.nn.Module, folder: Path) -> None:
-    state = load_file(str(folder / "model.safetensors"))
+    load_state_into(module, load_file(str(folder / "model.safetensors")))
+
+
+def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy weights by name into the parameters a checkpoint holds (_stored); ValueError naming what does not fit."""
     if _sharded(module):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
         return
-    params = dict(module.named_parameters())
+    params = _stored(module)
     missing, unexpected = set(params) - set(state), set(state) - set(params)
     if missing or unexpected:
         raise ValueError(f"it does not fit the model: missing {sorted(missing)[:5]}, unexpected "

@@ -67,12 +67,15 @@ class Corpus:
         return {"bytes": size, "sha256": digest.hexdigest(), "files": len(self.files)}
 
     def texts(self) -> Iterator[str]:
-        """The corpus as chunks of whole lines (documents joined with a newline); SpecError at --data for a file
+        """The corpus as chunks of whole lines (a folder's files joined with a newline where one does not end with
+        one; a file's last line as it is); SpecError at --data for a file
         that is not UTF-8 text or a JSON Lines record without a "text" string, and for a corpus with no text."""
-        seen = False
+        seen, last = False, "\n"
         for f in self.files:
+            if not last.endswith("\n"):  # the documents of a folder are joined with a newline
+                yield "\n"
             for chunk in (_jsonl_texts(f) if self.kind == "jsonl" else _file_texts(f)):
-                seen = seen or bool(chunk.strip())
+                seen, last = seen or bool(chunk.strip()), chunk
                 yield chunk
         if not seen:
             raise SpecError(f"'{self.path}' is empty: there is no text to train on", WHERE)
@@ -128,8 +131,8 @@ def _file_texts(path: Path) -> Iterator[str]:
             held += utf8.decode(b"", final=True)
         except UnicodeDecodeError:
             raise SpecError(f"'{path}' is not UTF-8 text (it ends inside a character)", WHERE) from None
-    if held:
-        yield held if held.endswith("\n") else held + "\n"
+    if held:  # the last line, without a newline: the text as the file has it
+        yield held
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:

@@ -3,6 +3,8 @@ shards its index lists: backends/weights.py maps the names by architecture and c
 specc's names, or a specc run directory (its best checkpoint, else its last). What came with the weights comes too:
 the folder's tokenizer.json or the run's tokenizer (unless --tokenizer says otherwise), and the vocabulary size the
 weights were made for. Nothing here is run: weights are tensors read by safetensors or torch's weights_only loader.
+A run's own weights load here too (`load_run_weights`): a LoRA run's are its base weights and its adapters
+(train/adapters.py).
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ def load_initial_weights(module, source: InitSource) -> dict:
         folder = run.complete("best") or run.complete("last")
         if folder is None:
             raise SpecError(f"'{source.path}' has no complete checkpoint to start from", WHERE)
-        checkpoint.load_weights_into(module, folder)
+        if run.record().get("lora"):  # its checkpoint holds adapters: start from them merged into its base
+            load_merged(module, run, folder)
+        else:
+            checkpoint.load_weights_into(module, folder)
         return {"checkpoint": folder.name, "step": checkpoint.read_trainer_state(folder).get("step")}
     from ..backends.weights import WeightsError, load_weights
     try:
@@ -84,3 +89,47 @@ def load_initial_weights(module, source: InitSource) -> dict:
                         hint="the spec must be the checkpoint's architecture (specc import FOLDER writes one)") \
             from None
     return {"family": loaded["family"], "model_type": loaded["model_type"], "loaded": loaded["loaded"]}
+
+
+def load_run_weights(module, record: dict, folder: Path) -> None:
+    """A run's checkpoint into its module (compiled from the run): the weights, or for a LoRA run the base weights
+    it recorded, checked, then its adapters."""
+    from . import checkpoint
+    lora = module.spec.lora
+    if lora is None:
+        checkpoint.load_weights_into(module, folder)
+        return
+    from ..backends.lora import add_adapters, fingerprint
+    from .adapters import check_base
+    base = (record.get("lora") or {}).get("base")
+    where = Span(str(Path(folder).parent), 0, 0)
+    if not isinstance(base, dict) or not isinstance(base.get("path"), str):
+        raise SpecError(f"run.json of '{where}' does not say which base weights its LoRA adapters adapt", where)
+    try:
+        load_initial_weights(module, init_source(base["path"]))
+    except SpecError as e:
+        raise SpecError(f"the base weights of LoRA run '{where}' ({base['path']}): {e.message}", where,
+                        hint="its checkpoints hold only adapters: the weights it started from must be there") \
+            from None
+    check_base(base, fingerprint(module), where)
+    add_adapters(module, lora)
+    checkpoint.load_weights_into(module, folder)
+
+
+def load_merged(module, run, folder: Path) -> None:
+    """--init-from a LoRA run: its base weights with its adapters merged in, into `module`."""
+    import torch
+
+    from ..backends.lora import merge
+    from ..backends.torch_backend import to_torch
+    from . import checkpoint
+    from .rundir import compile_run
+    compiled, record = compile_run(run)
+    with torch.random.fork_rng(devices=[]):  # its initial weights and adapters are drawn, then replaced
+        source = to_torch(compiled)
+        load_run_weights(source, record, folder)
+    state = {name: p.detach() for name, p in merge(source).named_parameters()}
+    try:
+        checkpoint.load_state_into(module, state)
+    except ValueError as e:
+        raise SpecError(f"the weights of '{run.path}' do not fit the spec: {e}", Span("--init-from", 0, 0)) from None

@@ -128,12 +128,13 @@ def _from_rank_zero(obj, world: int):
 
 def train(spec_path: str, preset: str | None = None, overrides: dict | None = None, flags: dict | None = None,
           resume: bool = False, console=None, progress: bool = True, log_every: int | None = None,
-          tensorboard: bool = False, device: str | None = None) -> dict:
+          tensorboard: bool = False, device: str | None = None, lora: dict | None = None) -> dict:
     """Train a spec; returns the summary (also written to <out>/summary.json). Everything is checked before the run
     directory is written (train/session.py); SIGINT and SIGTERM save the last completed step and raise
     TrainingInterrupted. `progress`: a progress bar on a terminal, else a status line every `log_every` steps
     (report.default_log_every; 0: none); `tensorboard`: event files in RUN/tensorboard too; `device`: cpu, cuda,
-    mps or auto (train/device.py)."""
+    mps or auto (train/device.py); `lora`: the --lora flags (LoRA fine-tuning over the spec's `lora` section:
+    train/adapters.py)."""
     import sys
 
     from rich.console import Console
@@ -143,7 +144,7 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
     if tensorboard:
         report.check_tensorboard()
     session, run = _prepare_every_rank(spec_path, preset, dict(overrides or {}), dict(flags or {}), resume, rank,
-                                       world, where)
+                                       world, where, lora)
     try:
         with _StopRequest() as stop:  # from here on, SIGINT and SIGTERM stop training cleanly
             trainer = Trainer.build(session, run, console, rank, world, where)
@@ -158,13 +159,13 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
 
 
 def _prepare_every_rank(spec_path: str, preset: str | None, overrides: dict, flags: dict, resume: bool, rank: int,
-                        world: int, device: torch.device) -> tuple[Session, rundir.RunDir]:
+                        world: int, device: torch.device, lora: dict | None = None) -> tuple[Session, rundir.RunDir]:
     """Rank 0 resolves and checks everything, then starts the run directory; the other ranks read back what it
     resolved (or stop, when it failed: it reports why, once)."""
     if rank != 0:
         return follow(spec_path, _from_rank_zero(None, world))
     try:
-        session = prepare(spec_path, preset, overrides, flags, resume, world)
+        session = prepare(spec_path, preset, overrides, flags, resume, world, lora)
         check_dtype(session.config.dtype, device)
         run = start(session)
     except BaseException:
@@ -172,7 +173,8 @@ def _prepare_every_rank(spec_path: str, preset: str | None, overrides: dict, fla
         raise
     _from_rank_zero({"out": str(session.out), "config": asdict(session.config),
                      "overrides": session.record["overrides"], "preset": session.record["preset"],
-                     "resuming": session.resuming}, world)
+                     "resuming": session.resuming,
+                     "lora": session.compiled.model.lora.settings() if session.compiled.model.lora else None}, world)
     return session, run
 
 

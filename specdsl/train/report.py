@@ -59,6 +59,13 @@ def print_settings(console, session, world: int) -> None:
     table.add_column()
     for key, value in asdict(config).items():
         table.add_row(key, Text(printable(str(value))))  # paths and strings are the user's: no markup in them
+    lora = session.record.get("lora")
+    if lora:  # what a LoRA run trains, as peft's print_trainable_parameters says it
+        analysis = compiled.analysis
+        table.add_row("lora", Text(printable(
+            f"rank {lora['rank']}, alpha {lora['alpha']:g}, dropout {lora['dropout']:g}, {lora['adapters']} matrices "
+            f"({', '.join(lora['targets'])}): trainable params: {analysis.trainable:,} || all params: "
+            f"{analysis.total:,} || trainable%: {100 * analysis.trainable / analysis.total:.4f}")))
     if session.record["overrides"]:
         table.add_row("--set", Text(printable(", ".join(f"{k}={v}" for k, v in session.record["overrides"].items()))))
     if tokenizer:

@@ -2,7 +2,8 @@
 
     RUN/run.json        the run's identity, written once when it starts: format, spec sources (name, sha256),
                         preset, --set values, settings, the data's fingerprint (bytes, sha256), the tokenizer
-                        and the model's contract (specdsl/contract.py: inputs, vocabulary, context, cache)
+                        and the model's contract (specdsl/contract.py: inputs, vocabulary, context, cache); a LoRA
+                        run's settings and the base weights it adapts (train/adapters.py)
     RUN/spec.spec       the spec's main file as trained;  RUN/sources/N.spec  each file it `use`s
     RUN/data/           train.bin, val.bin (token ids) and tokenizer.json
     RUN/last/, best/    checkpoints (train/checkpoint.py fills them; `swap_in` puts them in place)
@@ -48,6 +49,7 @@ PLOT = "loss.svg"  # redrawn at each evaluation (train/report.py)
 TENSORBOARD = "tensorboard"  # the event files of --tensorboard
 LOCK = ".lock"
 MARKER = "trainer.json"  # a checkpoint folder is complete once this, written last, is there (train/checkpoint.py)
+LORA_SETTINGS = ("rank", "alpha", "dropout", "targets")  # run.json's "lora" holds them (train/adapters.py)
 _TEMPORARY = (".tmp-", ".trash-")  # prefixes of what an interrupted write may leave; ours to remove
 
 
@@ -419,4 +421,8 @@ def compile_run(run: RunDir, preset: str | None = None, overrides: dict | None =
             raise SpecError(f"'{run.path / source_file(i)}' was changed after the run saved it", _where(run.path),
                             hint="a run compiles from its own copy of the spec")
         sources.append((entry["name"], text))
-    return load_saved(sources, [tuple(u) for u in record["uses"]], record["preset"], record["overrides"]), record
+    lora = record.get("lora")
+    if lora is not None and not (isinstance(lora, dict) and all(k in lora for k in LORA_SETTINGS)):
+        raise SpecError(f"run.json of '{run.path}' has damaged LoRA settings", _where(run.path))
+    return load_saved(sources, [tuple(u) for u in record["uses"]], record["preset"], record["overrides"],
+                      {k: lora[k] for k in LORA_SETTINGS} if lora else None), record

@@ -12,7 +12,8 @@ from ..backends.torch_backend import Decoder, Seq2SeqDecoder, to_torch
 from ..context_window import DEFAULT_OVERFLOW, prompt_start, window_start
 from ..contract import contract, refuse_encoder_decoder
 from ..errors import Span, SpecError
-from . import checkpoint, rundir
+from . import rundir
+from .init import load_run_weights
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str | None = "cpu"):
@@ -36,7 +37,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = "cpu
     from .device import resolve_device
     where = resolve_device(device)
     module = to_torch(compiled).eval()
-    checkpoint.load_weights_into(module, folder)
+    load_run_weights(module, record, folder)  # a LoRA run: its base weights, then its adapters
     return module.to(where), tokenizer, contract(compiled.model).context
 
 

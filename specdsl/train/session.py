@@ -21,7 +21,7 @@ from ..errors import Span, SpecError
 from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
 from ..system import available_memory
 from ..version import __version__
-from . import rundir
+from . import adapters, rundir
 from .corpus import open_corpus, splits
 from .data import TokenData, Tokenizer, builtin_text
 from .init import init_source, load_initial_weights
@@ -52,9 +52,11 @@ class Session:
         return self.plan.last_step is not None
 
 
-def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, resume: bool, world: int) -> Session:
-    """Resolve and check everything (spec, settings, run directory, data, model) without writing anything."""
-    probe = load(spec_path, preset=preset, overrides=overrides)
+def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, resume: bool, world: int,
+            lora: dict | None = None) -> Session:
+    """Resolve and check everything (spec, settings, run directory, data, model) without writing anything. `lora`:
+    the --lora flags."""
+    probe = load(spec_path, preset=preset, overrides=overrides, lora=lora)
     from .trainable import check_trainable  # a model the loop cannot train is refused here, at its line
     check_trainable(probe.model)
     config = resolve_config(probe.model.train, flags)
@@ -64,12 +66,14 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
         config = resolve_config(saved["config"], flags)
         _check_unchanged(saved, plan.path, preset, overrides, config, _source_list(probe.model))
         preset, overrides = saved["preset"], dict(saved["overrides"])
+        lora = adapters.resumed_settings(saved, probe.model, lora, plan.path)
+    adapters.require_base(probe.model, config.init_from)
     if config.batch % world:
         raise SpecError(f"batch {config.batch} is not divisible by {world} processes", Span("--batch", 0, 0))
     if config.batch % config.accum:
         raise SpecError(f"batch {config.batch} is not divisible by accum {config.accum}", Span("--accum", 0, 0))
 
-    init = init_source(config.init_from) if config.init_from else None
+    init = init_source(adapters.base_path(saved) or config.init_from) if config.init_from else None
     if config.tokenizer is None:  # char, unless a tokenizer came with the weights to start from
         config = replace(config, tokenizer=init.tokenizer if init and init.tokenizer else "char")
     tokenizer, ids, data, pairs = None, None, {"builtin": "digits"}, None
@@ -77,16 +81,17 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
     if contract(probe.model).source is not None:
         pairs = _pairs(plan, saved, config)
         tokenizer, data = pairs.tokenizer, pairs.fingerprint
-        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer)
+        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer, lora=lora)
         _check_pair_lengths(compiled.model, overrides)
     elif contract(probe.model).language_model:
         tokenizer, ids, data = _text(probe.model, plan, saved, config)
-        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer, init.vocab if init else None)
+        compiled = _fit_to_data(spec_path, preset, overrides, probe.model, tokenizer, init.vocab if init else None,
+                                lora)
         if ids is not None:
             _check_splits(ids, compiled.model, overrides, config.data)
         _check_batch_memory(config, contract(compiled.model).context)
     elif saved is not None:
-        compiled = load(spec_path, preset=preset, overrides=overrides)
+        compiled = load(spec_path, preset=preset, overrides=overrides, lora=lora)
     record = {"format": rundir.FORMAT, "specc": __version__, "spec": str(spec_path),
               "sources": _source_list(compiled.model),
               "uses": [list(link) for link in compiled.model.uses], "preset": preset, "overrides": overrides,
@@ -96,9 +101,13 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
               "contract": contract(compiled.model).to_json()}  # for readers of the run; specc recomputes it
     torch.manual_seed(config.seed)
     module = to_torch(compiled)  # the memory guard speaks now, before anything is written
-    if init is not None:
-        record["init_from"] = (saved or {}).get("init_from") if plan.last_step is not None else \
-            init.record(load_initial_weights(module, init))
+    lora_run = compiled.model.lora is not None
+    if init is not None:  # a resumed run's own checkpoint holds its weights; a LoRA run's, only its adapters
+        loaded = load_initial_weights(module, init) if plan.last_step is None or lora_run else None
+        record["init_from"] = (saved or {}).get("init_from") if plan.last_step is not None else init.record(loaded)
+    if lora_run:
+        record["lora"] = adapters.start(module, compiled.model.lora, init,
+                                        saved if plan.last_step is not None else None)
     return Session(str(spec_path), compiled, module, config, plan, record, tokenizer, ids, compiled.model.sources,
                    pairs)
 
@@ -164,7 +173,7 @@ def _split_record(parts: dict, config: TrainConfig) -> dict:
 
 
 def _fit_to_data(spec_path: str, preset: str | None, overrides: dict, model: ir.Model, tokenizer: Tokenizer,
-                 vocab: int | None = None):
+                 vocab: int | None = None, lora: dict | None = None):
     """The spec compiled with the data's vocabulary (as nanoGPT's meta.pkl), or `vocab`, the one of the weights a
     run starts from (a checkpoint may pad it past its tokenizer's), set through whichever hyperparameter the model's
     vocabulary follows, whatever its name (an explicit --set of it wins; `overrides` records it). A vocabulary
@@ -172,7 +181,7 @@ def _fit_to_data(spec_path: str, preset: str | None, overrides: dict, model: ir.
     vocab_name = vocabulary_hyperparameter(model, overrides)
     if vocab_name is not None and vocab_name not in overrides:
         overrides[vocab_name] = vocab or tokenizer.vocab_size
-    compiled = load(spec_path, preset=preset, overrides=overrides)
+    compiled = load(spec_path, preset=preset, overrides=overrides, lora=lora)
     vocab = contract(compiled.model).vocab
     if vocab is not None and vocab < tokenizer.vocab_size:
         needs = f"{tokenizer.data_size} distinct tokens" + (" and [MASK]" if tokenizer.mask else "")
@@ -300,7 +309,7 @@ def _metrics_until(run: rundir.RunDir, step: int) -> str:
 def follow(spec_path: str, shared: dict) -> tuple[Session, rundir.RunDir]:
     """A rank other than 0: the session rank 0 resolved, read back from the run directory it wrote."""
     run = rundir.RunDir(shared["out"])
-    compiled = load(spec_path, preset=shared["preset"], overrides=shared["overrides"])
+    compiled = load(spec_path, preset=shared["preset"], overrides=shared["overrides"], lora=shared["lora"])
     record = run.record()
     tokenizer = run.tokenizer() if record.get("tokenizer") else None
     last = run.complete("last")
@@ -310,6 +319,10 @@ def follow(spec_path: str, shared: dict) -> tuple[Session, rundir.RunDir]:
     pairs = ReversalData(config.seed) if contract(compiled.model).source is not None else None
     torch.manual_seed(config.seed)
     module = to_torch(compiled)
-    if config.init_from and not shared["resuming"]:  # every rank starts from them (FSDP shards what each holds)
-        load_initial_weights(module, init_source(config.init_from))
+    lora = compiled.model.lora
+    if config.init_from and (not shared["resuming"] or lora):  # every rank starts from them (FSDP shards them)
+        load_initial_weights(module, init_source(adapters.base_path(record) or config.init_from))
+    if lora is not None:  # the same adapters as rank 0's: drawn from the same seed after the same build
+        from ..backends.lora import add_adapters
+        add_adapters(module, lora)
     return Session(spec_path, compiled, module, config, plan, record, tokenizer, pairs=pairs), run
