@@ -190,8 +190,8 @@ def export(compiled, out: str | os.PathLike, module: torch.nn.Module | None = No
     `module` is the spec's torch module with the weights to export (the CLI loads a checkpoint into one);
     without it the weights are random, drawn from seed 0. `val_task`, for --quantize, scores both graphs: its
     `batch("val", size, generator)` gives (token ids, targets), or ((source, target ids), targets) for a
-    sequence-to-sequence model, and targets equal to its `ignore_index` are not
-    scored. The caller's torch RNG is left as it was."""
+    sequence-to-sequence model, and targets equal to its `ignore_index` are not scored. The caller's torch RNG is
+    left as it was."""
     out = Path(out)
     if quantize not in (None, "int8"):  # before anything is written
         raise SpecError(f"unknown quantization '{quantize}': use int8", Span("--quantize", 0, 0))
