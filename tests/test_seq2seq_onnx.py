@@ -254,7 +254,7 @@ def test_generate_on_onnxruntime_prints_what_sample_prints(exported, specc_cmd, 
 def test_translator_equals_translate_and_inspect_shows_each_graph(exported, specc_cmd):
     """The translator, greedy and sampled with top-k, against PyTorch's translate without a cache (the reference
     the cache is held to); inspect counts each graph's part of the weights."""
-    from specdsl.backends.onnx_generate import open_generator
+    from specdsl.backends.onnx_translate import open_generator
     from specdsl.train.sample import load_run, translate
     run, folder, _ = exported
     module, tokenizer, _ = load_run(run)

@@ -17,13 +17,9 @@ export id shared by the graphs of one export, so a decoding graph left by anothe
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,29 +29,10 @@ from ..contract import contract
 from ..errors import Span, SpecError
 from ..io import publish, temp_beside
 from ..shapes import Sym
-from ..version import __version__
 from .onnx_generate import cache_names, companion, export_paths
+from .onnx_graph import TOLERANCE, ExportError, export_program, first, metadata, open_session, quiet, save_graph
+from .onnx_seq2seq import export_graphs
 from .torch_backend import Decoder, to_torch
-
-TOLERANCE = 1e-4  # float32: the command fails above this
-
-
-class ExportError(SpecError):
-    pass
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch.onnx prints progress lines and warnings; a CLI shows its own report instead."""
-    sink = io.StringIO()
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        try:
-            yield sink
-        finally:
-            logging.disable(previous)
 
 
 def _sample_inputs(model, batch: int, seq: int | dict | None, vocab_hint: int, generator: torch.Generator):
@@ -114,75 +91,6 @@ def _export_id(module, metadata: dict[str, str]) -> str:
     return h.hexdigest()[:32]
 
 
-def _metadata(compiled, tokenizer: dict | None, graph: str) -> dict[str, str]:
-    m = compiled.model
-    meta = {
-        "specc.version": __version__,
-        "specc.model": m.name,
-        "specc.graph": graph,
-        "specc.spec": m.source,
-        "specc.spec_path": m.path,
-        "specc.preset": m.preset or "",
-        "specc.hyperparameters": json.dumps(m.hyperparameters),
-        "specc.tokenizer": json.dumps(tokenizer) if tokenizer else "",
-        "specc.params": str(compiled.analysis.total),
-        "specc.contract": json.dumps(contract(m).to_json()),
-        # every file the model was compiled from (the main one first, then what it `use`s): the file says exactly
-        # which source it is
-        "specc.sources": json.dumps([{"name": name, "text": text} for name, text in m.sources]),
-    }
-    return meta
-
-
-def _export_program(module, args: tuple, path: Path, math_attention: bool = False, **kw) -> None:
-    """torch.onnx.export (the torch.export-based exporter) of `module` on `args` to `path`, quietly; `kw` are its
-    input_names, output_names and dynamic_shapes. optimize=False keeps every weight under its parameter path (the
-    exporter's optimizer folds transposes into renamed copies); onnxruntime does that folding itself when it loads
-    the file. `math_attention` traces scaled_dot_product_attention with its math backend: with a float mask (T5's
-    position bias) torch 2.13's ONNX decompositions otherwise fail ("Cannot view a tensor with shape [B, T, h,
-    hd] ... as a tensor with shape [B, T, h * hd]")."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    backend = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
-    with _quiet(), torch.no_grad(), backend:
-        program = torch.onnx.export(module, args, dynamo=True, optimize=False, **kw)
-    program.save(str(path))
-
-
-def _save_graph(path: Path, metadata: dict[str, str], strip_prefix: str = "") -> None:
-    """Rewrite the exported graph at `path` with initializers named by their parameter paths (a wrapper's prefix
-    removed), without the exporter's per-node stack traces (a tenth of the file), and with specc's metadata."""
-    import onnx
-    proto = onnx.load(str(path))
-    if strip_prefix:
-        renames = {t.name: t.name[len(strip_prefix):] for t in proto.graph.initializer
-                   if t.name.startswith(strip_prefix)}
-        for t in proto.graph.initializer:
-            t.name = renames.get(t.name, t.name)
-        for node in proto.graph.node:
-            node.input[:] = [renames.get(i, i) for i in node.input]
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del proto.graph.value_info[:]
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path))
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def export(compiled, out: str | os.PathLike, module: torch.nn.Module | None = None, tokenizer: dict | None = None,
            quantize: str | None = None, val_task=None) -> dict:
     """Export, check and compare. Returns the report; raises ExportError (leaving no file) on a mismatch.
@@ -219,16 +127,16 @@ def _export_checked(compiled, out: Path, module, tokenizer: dict | None, quantiz
     lengths = _lengths(model, facts)
     example = _sample_inputs(model, 2, _example_length(lengths[-1]), vocab, gen)
     report: dict = {"file": str(out), "params": compiled.analysis.total, "checks": []}
-    export_id = {"specc.export_id": _export_id(module, _metadata(compiled, tokenizer, "full"))}
+    export_id = {"specc.export_id": _export_id(module, metadata(compiled, tokenizer, "full"))}
     written: list[Path] = []
     try:
         tmp = temp_beside(out)
         written.append(tmp)
         # exported as is: its initializers are named by parameter paths
-        _export_program(module, tuple(example), tmp, input_names=input_names, output_names=output_names,
+        export_program(module, tuple(example), tmp, input_names=input_names, output_names=output_names,
                         dynamic_shapes=_dynamic(model), math_attention=facts.encoder_decoder)
-        _save_graph(tmp, {**_metadata(compiled, tokenizer, "full"), **export_id})
-        session = _session(tmp)
+        save_graph(tmp, {**metadata(compiled, tokenizer, "full"), **export_id})
+        session = open_session(tmp)
         report["checks"] = _compare(session, module, model, input_names, lengths, vocab, gen)
         worst = max(c["max_abs_diff"] for c in report["checks"])
         report["max_abs_diff"] = worst
@@ -236,7 +144,6 @@ def _export_checked(compiled, out: Path, module, tokenizer: dict | None, quantiz
             raise ExportError(f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {TOLERANCE})",
                               Span(str(out), 0, 0))
         if seq2seq:
-            from .onnx_seq2seq import export_graphs  # it builds on this module's helpers
             report.update(export_graphs(compiled, module, tokenizer, out, export_id, vocab, written))
         elif lm and facts.causal and facts.cache:
             decode_path = companion(out, "decode")
@@ -289,7 +196,7 @@ def _compare(session, module, model, input_names: list[str], lengths: list, voca
         for seq in lengths:
             inputs = _sample_inputs(model, batch, seq, vocab, generator)
             with torch.no_grad():
-                expected = _first(module(*inputs)).numpy()
+                expected = first(module(*inputs)).numpy()
             got = session.run(None, {n: x.numpy() for n, x in zip(input_names, inputs)})[0]
             checks.append({"batch": batch, "seq": seq, "max_abs_diff": float(np.abs(got - expected).max())})
     return checks
@@ -315,10 +222,10 @@ def _export_decoder(compiled, module, tokenizer, tmp: Path, target: Path, full_s
     example_past = [torch.randn(2, kv, 3, hd, generator=gen) for kv, hd in slots for _ in (0, 1)]
     tokens = torch.randint(0, vocab, (2, 2), generator=gen)
     dynamic = ({0: batch, 1: new}, tuple({0: batch, 2: past} for _ in example_past))
-    _export_program(decoder, (tokens, *example_past), tmp, input_names=["tokens"] + names,
+    export_program(decoder, (tokens, *example_past), tmp, input_names=["tokens"] + names,
                     output_names=["logits"] + [n.replace("past", "present") for n in names], dynamic_shapes=dynamic)
-    _save_graph(tmp, {**_metadata(compiled, tokenizer, "decode"), **export_id}, strip_prefix="model.")
-    session = _session(tmp)
+    save_graph(tmp, {**metadata(compiled, tokenizer, "decode"), **export_id}, strip_prefix="model.")
+    session = open_session(tmp)
     # Cache against no cache: a prompt, then one token at a time, against the full graph on the whole sequence.
     seq = min(seq_bound, 12)
     ids = torch.randint(0, vocab, (2, seq), generator=gen).numpy()
@@ -350,7 +257,7 @@ def _quantize(path: Path, kind: str, val_task, input_names: list[str]) -> dict:
         options.optimized_model_filepath = str(folded)
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        with _quiet():
+        with quiet():
             quantize_dynamic(str(folded), str(tmp), weight_type=QuantType.QInt8)
         _publish(tmp, target)
     finally:
@@ -360,7 +267,7 @@ def _quantize(path: Path, kind: str, val_task, input_names: list[str]) -> dict:
     if val_task is not None:  # a language model trained on text: its training objective on the validation split
         losses = {}
         for name, p in (("fp32", path), ("int8", target)):
-            session = _session(p)
+            session = open_session(p)
             gen = torch.Generator().manual_seed(7)
             total = []
             for _ in range(8):

@@ -5,8 +5,8 @@ call. Past the model's context it follows the same rule as `specc sample` (specd
 last ctx tokens again for every token, "shift" keeps the last ctx/2 and goes on with the cache), so with temperature
 0 both produce the same tokens. A decoding graph is used only beside the full graph of its own export (their
 `specc.export_id` agree), and every metadata value is checked: a crafted or damaged file is a SpecError naming the file
-and the key, never a traceback. A sequence-to-sequence export runs through onnx_translate.py (`open_generator` says
-which).
+and the key, never a traceback. A sequence-to-sequence export runs through onnx_translate.py
+(onnx_translate.open_generator says which a file needs).
 """
 
 from __future__ import annotations
@@ -140,17 +140,6 @@ def _contract(meta: dict[str, str], path: Path) -> Contract:
                         hint=AGAIN) from None
 
 
-def open_generator(path: str | Path, threads: int | None = None):
-    """What `specc generate` runs for the file at `path`: an OnnxTranslator for a sequence-to-sequence export
-    (any of its graphs), else an OnnxGenerator."""
-    path = Path(path)
-    meta = read_metadata(path)
-    if meta.get("specc.contract") and _contract(meta, path).source is not None:
-        from .onnx_translate import OnnxTranslator
-        return OnnxTranslator(path, threads)
-    return OnnxGenerator(path, threads)
-
-
 class OnnxGenerator:
     def __init__(self, path: str | Path, threads: int | None = None):
         path = Path(path)
@@ -176,7 +165,8 @@ class OnnxGenerator:
         facts = _contract(decode_meta, decode)
         if facts.source is not None:
             raise SpecError(f"'{decode}' decodes a sequence-to-sequence model: run it with its encoder graph",
-                            Span(str(decode), 0, 0), hint="open it with open_generator (specc generate does)")
+                            Span(str(decode), 0, 0),
+                            hint="open it with onnx_translate.open_generator (specc generate does)")
         self.slots = list(facts.cache)
         self.ctx = facts.context or 1 << 30
         self.path = decode

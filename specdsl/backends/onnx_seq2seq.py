@@ -23,7 +23,7 @@ import torch
 from ..contract import contract
 from ..errors import Span
 from ..io import temp_beside
-from . import onnx_export as ex
+from . import onnx_graph as ex
 from .onnx_generate import cache_names, companion
 from .seq2seq_graphs import MemoryDecoder, MemoryEncoder
 
@@ -41,9 +41,9 @@ def export_graphs(compiled, module, tokenizer: dict | None, out: Path, export_id
         tmp = temp_beside(target)
         written.append(tmp)
         build(encoder if graph == "encode" else decoder, facts, tmp, vocab)
-        ex._save_graph(tmp, {**ex._metadata(compiled, tokenizer, graph), **export_id}, strip_prefix="model.")
+        ex.save_graph(tmp, {**ex.metadata(compiled, tokenizer, graph), **export_id}, strip_prefix="model.")
         reports[graph] = {"tmp": tmp, "file": str(target)}
-    encoder_session, decoder_session = ex._session(reports["encode"]["tmp"]), ex._session(reports["decode"]["tmp"])
+    encoder_session, decoder_session = (ex.open_session(reports[g]["tmp"]) for g in ("encode", "decode"))
     src_dim = next(i for i in compiled.model.inputs if i.name == facts.source).type.shape[-1].name
     reports["encode"]["checks"] = _compare_encoder(encoder_session, encoder, facts, vocab, src_dim)
     reports["encode"]["max_abs_diff"] = worst = max(c["max_abs_diff"] for c in reports["encode"]["checks"])
@@ -70,7 +70,7 @@ def _dims(facts) -> dict[str, torch.export.Dim]:
 def _export_encoder(encoder: MemoryEncoder, facts, tmp: Path, vocab: int) -> None:
     dims = _dims(facts)
     src = torch.randint(0, vocab, (2, min(7, facts.source_context or 7)), generator=torch.Generator().manual_seed(2))
-    ex._export_program(encoder, (src,), tmp, input_names=[facts.source],
+    ex.export_program(encoder, (src,), tmp, input_names=[facts.source],
                        output_names=cache_names("memory", len(facts.memory_cache)),
                        dynamic_shapes=({0: dims["batch"], 1: dims["src_len"]},), math_attention=True)
 
@@ -86,7 +86,7 @@ def _export_decoder(decoder: MemoryDecoder, facts, tmp: Path, vocab: int) -> Non
                (*({0: dims["batch"], 2: dims["past"]} for _ in past),
                 *({0: dims["batch"], 2: dims["src_len"]} for _ in memory)))
     past_names = cache_names("past", len(facts.cache))
-    ex._export_program(decoder, (tgt, *past, *memory), tmp,
+    ex.export_program(decoder, (tgt, *past, *memory), tmp,
                        input_names=[facts.target, *past_names, *cache_names("memory", len(facts.memory_cache))],
                        output_names=["logits", *(n.replace("past", "present") for n in past_names)],
                        dynamic_shapes=dynamic, math_attention=True)
@@ -115,7 +115,7 @@ def _compare_decoding(encoder_session, decoder_session, module, facts, vocab: in
     src = torch.randint(0, vocab, (2, min(9, facts.source_context or 9)), generator=gen)
     tgt = torch.randint(0, vocab, (2, min(12, facts.context or 12)), generator=gen)
     with torch.no_grad():
-        full = ex._first(module(src, tgt)).numpy()
+        full = ex.first(module(src, tgt)).numpy()
     memory = dict(zip(cache_names("memory", len(facts.memory_cache)),
                       encoder_session.run(None, {facts.source: src.numpy()})))
     past_names = cache_names("past", len(facts.cache))

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import Span, SpecError
 from .onnx_generate import (
     AGAIN,
+    OnnxGenerator,
     _choose,
     _contract,
     _first_line,
@@ -30,6 +31,16 @@ from .onnx_generate import (
 )
 
 ROLES = {"encode": "encoder graph", "decode": "decoding graph"}
+
+
+def open_generator(path: str | Path, threads: int | None = None):
+    """What `specc generate` runs for the file at `path`: an OnnxTranslator for any graph of a
+    sequence-to-sequence export, else an OnnxGenerator (a language model's)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta.get("specc.contract") and _contract(meta, path).source is not None:
+        return OnnxTranslator(path, threads)
+    return OnnxGenerator(path, threads)
 
 
 def export_graphs(path: Path, meta: dict[str, str]) -> dict[str, Path]:

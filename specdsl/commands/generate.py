@@ -62,8 +62,7 @@ def sample_command(run_dir: str, prompt: str, max_new_tokens: int, temperature: 
 
 def generate_command(path: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
                      seed: int, overflow: str) -> None:
-    from ..backends.onnx_generate import open_generator
-    from ..backends.onnx_translate import OnnxTranslator
+    from ..backends.onnx_translate import OnnxTranslator, open_generator
     generator = open_generator(path)
     ids = prompt_ids(generator.tokenizer, prompt)
     if isinstance(generator, OnnxTranslator):  # a sequence-to-sequence export: the prompt is the source, as sample
