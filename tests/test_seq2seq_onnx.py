@@ -67,7 +67,7 @@ def test_memory_encoder_and_decoder_equal_the_full_pass(spec, sets):
     assert len(past) == 2 * len(facts.cache) and past[0].shape[2] == 7
 
 
-def test_an_encoder_read_other_than_as_memory_is_refused():
+def test_an_encoder_read_other_than_as_memory_is_refused(tmp_path):
     """A model whose encoder output is read as a layer's piped input beside the target (not only as memory) needs
     the source at every decoding step: its export is refused at the model, before any file is written."""
     text = """
@@ -89,6 +89,11 @@ model m {
         with pytest.raises(SpecError, match="only as cross-attention memory") as e:
             graph(module)
         assert e.value.errors[0].span.line == 2  # `model m {`
+    pytest.importorskip("onnxruntime")
+    from specdsl.backends.onnx_export import export
+    with pytest.raises(SpecError, match="only as cross-attention memory"):
+        export(c, tmp_path / "m.onnx", module=module)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_export_writes_three_graphs_each_checked_as_a_target_first(tmp_path):

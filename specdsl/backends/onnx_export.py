@@ -32,7 +32,8 @@ from ..shapes import Sym
 from .onnx_generate import cache_names, companion, export_paths
 from .onnx_graph import TOLERANCE, ExportError, export_program, first, metadata, open_session, quiet, save_graph
 from .onnx_seq2seq import export_graphs
-from .torch_backend import Decoder, to_torch
+from .seq2seq_graphs import check_memory_only
+from .torch_backend import Decoder, Seq2SeqDecoder, to_torch
 
 
 def _sample_inputs(model, batch: int, seq: int | dict | None, vocab_hint: int, generator: torch.Generator):
@@ -109,6 +110,8 @@ def export(compiled, out: str | os.PathLike, module: torch.nn.Module | None = No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         module = (module if module is not None else to_torch(compiled)).eval()
+        if contract(compiled.model).source is not None:  # before the full graph's seconds, not after them
+            check_memory_only(Seq2SeqDecoder(module))
         return _export_checked(compiled, out, module, tokenizer, quantize, val_task)
 
 
