@@ -332,3 +332,13 @@ def test_graphs_that_do_not_belong_together_are_clear_errors(exported, specc_cmd
     data["memory_cache"] = [[3, 16]] * 2
     _set_metadata(lied / "rev.decode.onnx", "specc.contract", json.dumps(data))
     assert "does not describe" in generate(lied / "rev.decode.onnx")
+
+
+@pytest.mark.slow
+def test_a_mismatch_in_the_encoder_graph_leaves_no_file(tmp_path, monkeypatch):
+    """The full graph passed its check, the encoder graph fails its own: none of the three files is left."""
+    from specdsl.backends import onnx_export, onnx_graph
+    monkeypatch.setattr(onnx_graph, "TOLERANCE", -1.0)  # the encoder's and the decoding graph's checks
+    with pytest.raises(onnx_graph.ExportError, match="the encoder graph and PyTorch differ"):
+        onnx_export.export(specdsl.load(REVERSE, overrides={"d": 32, "heads": 2}), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
