@@ -27,7 +27,8 @@ class Contract:
     context: int | None  # the longest sequence it takes: a fixed length, or the bound of `seq <= ctx`
     cache: tuple[tuple[int, int], ...]  # (kv_heads, head_dim) of every attention application, in the order they run
     # Some layer reads a second tensor besides its piped one (cross-attention reading an encoder's output): an
-    # encoder-decoder. Training and sampling take one with a source and a target (below); ONNX export not yet.
+    # encoder-decoder. Training, sampling and ONNX export's encoder and decoding graphs take one with a source and
+    # a target (below).
     encoder_decoder: bool = False
     # (kv_heads, head_dim) of every cross-attention application, in the order they run: cached per memory position
     memory_cache: tuple[tuple[int, int], ...] = ()
@@ -126,15 +127,16 @@ NOT_YET_ENCODER_DECODER = "is not yet supported for encoder-decoder models"
 
 
 def refuse_encoder_decoder(model: ir.Model, what: str) -> None:
-    """A located SpecError when `what` (training, sampling, ONNX export) meets a model with cross-attention."""
+    """A located SpecError when `what` (sampling, incremental decoding) meets a model with cross-attention that is
+    not one source and one target of token ids."""
     layer = next((layer for layer, _ in ir.applications(model.root)
                   if KINDS[layer.kind].given_tensor_args(Args(layer.args))), None)
     if layer is not None:
         raise SpecError(f"{what} {NOT_YET_ENCODER_DECODER} (model '{model.name}' reads a second tensor: "
                         f"{layer.kind} '{layer.name}')", layer.span,
-                        hint="specc compile counts it, to_torch and --emit-torch build it, specc train and sample "
-                             "take one with a source and a target of token ids; ONNX export of encoder-decoders is "
-                             "a later step")
+                        hint="specc compile counts it, to_torch, --emit-torch and specc export --onnx (its full graph) "
+                             "build it; specc train, sample and generate take one with a source and a target of "
+                             "token ids")
 
 
 def is_language_model(model: ir.Model) -> bool:

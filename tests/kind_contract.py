@@ -88,19 +88,22 @@ def check_ejected(compiled, module, x, folder: Path) -> None:
         torch.testing.assert_close(ejected(*xs), module(*xs), rtol=0, atol=0)
 
 
-def check_onnx(compiled, module, x: torch.Tensor, folder: Path) -> None:
+def check_onnx(compiled, module, x: torch.Tensor | tuple, folder: Path) -> None:
     """export() compares onnxruntime with its torch module on two batch sizes (and lengths) and refuses a
-    difference over its tolerance; here: it ran those checks, and the file runs on this input too."""
+    difference over its tolerance; here: it ran those checks, and the file runs on this input (or these inputs:
+    the piped one, then those tensor arguments name) too."""
     import onnxruntime as ort
 
     from specdsl.backends.onnx_export import TOLERANCE, export
+    xs = x if isinstance(x, tuple) else (x,)
     out = folder / "layer.onnx"
     report = export(compiled, out)
     assert len(report["checks"]) >= 2 and report["max_abs_diff"] <= TOLERANCE
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    (name,) = [i.name for i in session.get_inputs()]
-    got = session.run(None, {name: x.numpy()})[0]
-    assert got.shape == tuple(module(x).shape)
+    names = [i.name for i in session.get_inputs()]
+    assert len(names) == len(xs)
+    got = session.run(None, {name: t.numpy() for name, t in zip(names, xs)})[0]
+    assert got.shape == tuple(module(*xs).shape)
 
 
 def check_kind(kind: str, example: Example, folder: Path, onnx: bool = True) -> None:
@@ -111,5 +114,5 @@ def check_kind(kind: str, example: Example, folder: Path, onnx: bool = True) -> 
     check_parameters(compiled, module)
     check_flops(compiled, module, xs, symbolic)
     check_ejected(compiled, module, xs, folder)
-    if onnx and not example.tensors:  # ONNX of models that read a second tensor: not yet (docs/onnx.md)
-        check_onnx(compiled, module, xs[0], folder)
+    if onnx:
+        check_onnx(compiled, module, xs, folder)

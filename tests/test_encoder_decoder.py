@@ -1,8 +1,8 @@
 """Encoder-decoder models: layers and blocks that read a second tensor (cross-attention's `memory`), models with
 two token inputs, and everything that follows for them: the IR's dataflow (a module's captured inputs), counts
 against Hugging Face (BART built from a config object), logits of CrossAttention against BART's cross-attention
-with perturbed weights, the torch module against the ejected one, the contract, and the clear refusals of what
-is not yet supported (ONNX export). Training, sampling and incremental decoding: tests/test_seq2seq.py."""
+with perturbed weights, the torch module against the ejected one, and the contract. Training, sampling and
+incremental decoding: tests/test_seq2seq.py; ONNX export and generation: tests/test_seq2seq_onnx.py."""
 
 from __future__ import annotations
 
@@ -235,20 +235,15 @@ model m {{
         torch.testing.assert_close(module(x, mem), expected, rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- what is not yet supported
+# ---------------------------------------------------------------- decoding (ONNX: tests/test_seq2seq_onnx.py)
 
 
-def test_onnx_export_refuses_an_encoder_decoder_and_decoder_points_to_seq2seq_decoder(tmp_path):
+def test_decoder_points_an_encoder_decoder_to_seq2seq_decoder():
     c = load(SEQ2SEQ)
     from specdsl.backends.torch_backend import Decoder
     with pytest.raises(SpecError, match="Decoder decodes decoder-only models") as e:
         Decoder(specdsl.to_torch(c))
     assert e.value.errors[0].span.line > 0 and "Seq2SeqDecoder" in e.value.errors[0].hint
-    pytest.importorskip("onnx")
-    from specdsl.backends.onnx_export import export
-    with pytest.raises(SpecError, match="ONNX export is not yet supported for encoder-decoder models"):
-        export(c, tmp_path / "m.onnx")
-    assert not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------- T5 (specs/t5.spec) against Hugging Face

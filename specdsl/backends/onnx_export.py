@@ -4,67 +4,52 @@ Two graphs for a language model:
 - OUT.onnx: `tokens` int64 [batch, seq] -> `logits` [batch, seq, vocab], batch and seq dynamic (seq <= ctx);
 - OUT.decode.onnx: `tokens` [batch, new] and the KV cache `past.<i>.k`, `past.<i>.v` [batch, kv_heads, past,
   head_dim] of every attention application -> `logits` and `present.<i>.k`, `present.<i>.v` (past + new).
+A sequence-to-sequence model (contract: source, target) takes its source and target ids by their names and returns
+`logits`; beside it OUT.encode.onnx and OUT.decode.onnx, the encoder and decoding graphs (onnx_seq2seq.py).
 Other models keep their inputs' and outputs' names, with a dynamic batch.
 
 Every target is checked first (specdsl.io.check_output: a regular file or nothing, in an existing folder). Both
 graphs are written to temporary files beside their targets and renamed into place only after onnx.checker and a
 comparison with PyTorch on onnxruntime (two batch sizes, two lengths) pass: a file that fails is never left behind.
 The metadata_props carry the spec's source, the resolved hyperparameters, the tokenizer, the specc version and an
-export id shared by the two graphs of one export, so a decoding graph left by another export is never used.
+export id shared by the graphs of one export, so a decoding graph left by another export is never used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..contract import contract, refuse_encoder_decoder
+from ..contract import contract
 from ..errors import Span, SpecError
 from ..io import publish, temp_beside
 from ..shapes import Sym
-from ..version import __version__
-from .onnx_generate import companion, export_paths
-from .torch_backend import Decoder, to_torch
-
-TOLERANCE = 1e-4  # float32: the command fails above this
-
-
-class ExportError(SpecError):
-    pass
+from .onnx_generate import cache_names, companion, export_paths
+from .onnx_graph import TOLERANCE, ExportError, export_program, first, metadata, open_session, quiet, save_graph
+from .onnx_seq2seq import export_graphs
+from .seq2seq_graphs import check_memory_only
+from .torch_backend import Decoder, Seq2SeqDecoder, to_torch
 
 
-@contextlib.contextmanager
-def _quiet():
-    """torch.onnx prints progress lines and warnings; a CLI shows its own report instead."""
-    sink = io.StringIO()
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        try:
-            yield sink
-        finally:
-            logging.disable(previous)
-
-
-def _sample_inputs(model, batch: int, seq: int | None, vocab_hint: int, generator: torch.Generator):
+def _sample_inputs(model, batch: int, seq: int | dict | None, vocab_hint: int, generator: torch.Generator):
+    """Random inputs of `batch` rows; `seq` is the length of every other symbolic dim, or one per dim name (a
+    source and a target of their own lengths), each at most its bound."""
     out = []
     for inp in model.inputs:
         if inp.default is not None:
             continue
         shape = []
         for d in inp.type.shape:
-            if isinstance(d, Sym):
-                shape.append(batch if not shape else (seq or d.bound or 8))
+            if isinstance(d, Sym) and not shape:
+                shape.append(batch)
+            elif isinstance(d, Sym):
+                n = (seq.get(d.name) if isinstance(seq, dict) else seq) or d.bound or 8
+                shape.append(min(n, d.bound) if d.bound else n)
             else:
                 shape.append(d)
         if inp.type.dtype == "int":
@@ -107,152 +92,114 @@ def _export_id(module, metadata: dict[str, str]) -> str:
     return h.hexdigest()[:32]
 
 
-def _metadata(compiled, tokenizer: dict | None, graph: str) -> dict[str, str]:
-    m = compiled.model
-    meta = {
-        "specc.version": __version__,
-        "specc.model": m.name,
-        "specc.graph": graph,
-        "specc.spec": m.source,
-        "specc.spec_path": m.path,
-        "specc.preset": m.preset or "",
-        "specc.hyperparameters": json.dumps(m.hyperparameters),
-        "specc.tokenizer": json.dumps(tokenizer) if tokenizer else "",
-        "specc.params": str(compiled.analysis.total),
-        "specc.contract": json.dumps(contract(m).to_json()),
-        # every file the model was compiled from (the main one first, then what it `use`s): the file says exactly
-        # which source it is
-        "specc.sources": json.dumps([{"name": name, "text": text} for name, text in m.sources]),
-    }
-    return meta
-
-
-def _save(program, path: Path, metadata: dict[str, str], strip_prefix: str = "") -> None:
-    """Write the graph with initializers named by their parameter paths (a wrapper's prefix removed), without the
-    exporter's per-node stack traces (a tenth of the file), and with specc's metadata."""
-    import onnx
-    program.save(str(path))
-    proto = onnx.load(str(path))
-    if strip_prefix:
-        renames = {t.name: t.name[len(strip_prefix):] for t in proto.graph.initializer
-                   if t.name.startswith(strip_prefix)}
-        for t in proto.graph.initializer:
-            t.name = renames.get(t.name, t.name)
-        for node in proto.graph.node:
-            node.input[:] = [renames.get(i, i) for i in node.input]
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del proto.graph.value_info[:]
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path))
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def export(compiled, out: str | os.PathLike, module: torch.nn.Module | None = None, tokenizer: dict | None = None,
            quantize: str | None = None, val_task=None) -> dict:
     """Export, check and compare. Returns the report; raises ExportError (leaving no file) on a mismatch.
 
     `module` is the spec's torch module with the weights to export (the CLI loads a checkpoint into one);
     without it the weights are random, drawn from seed 0. `val_task`, for --quantize, scores both graphs: its
-    `batch("val", size, generator)` gives (token ids, targets), and targets equal to its `ignore_index` are not
-    scored. The caller's torch RNG is left as it was."""
+    `batch("val", size, generator)` gives (token ids, targets), or ((source, target ids), targets) for a
+    sequence-to-sequence model, and targets equal to its `ignore_index` are not scored. The caller's torch RNG is
+    left as it was."""
     out = Path(out)
     if quantize not in (None, "int8"):  # before anything is written
         raise SpecError(f"unknown quantization '{quantize}': use int8", Span("--quantize", 0, 0))
-    refuse_encoder_decoder(compiled.model, "ONNX export")
     export_paths(compiled.model, out, quantize)  # every target, before the seconds an export takes
     # The export draws from torch's global RNG (random weights, anything the exporter draws): a fork of it, seeded
     # for reproducible files, so the caller's stream goes on as if no export had run.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         module = (module if module is not None else to_torch(compiled)).eval()
+        if contract(compiled.model).source is not None:  # before the full graph's seconds, not after them
+            check_memory_only(Seq2SeqDecoder(module))
         return _export_checked(compiled, out, module, tokenizer, quantize, val_task)
 
 
 def _export_checked(compiled, out: Path, module, tokenizer: dict | None, quantize: str | None, val_task) -> dict:
     """The body of `export` (its targets checked, the RNG forked): the full graph, its decoding graph when the
-    model has a KV cache, the comparisons with PyTorch that decide whether they are published, and --quantize.
-    One function so the order of writes, checks and renames reads top to bottom."""
+    model has a KV cache (and its encoder graph for a sequence-to-sequence model), the comparisons with PyTorch that
+    decide whether they are published, and --quantize. One function so the order of writes, checks and renames
+    reads top to bottom."""
     model = compiled.model
     facts = contract(model)
-    lm = facts.language_model
-    names = [i.name for i in model.inputs if i.default is None]
-    seq_bound = _sequence_bound(model)
-    if lm:
-        output_names = ["logits"]
-        input_names = ["tokens"]
-    else:
-        output_names = [n for n, _ in model.outputs]
-        input_names = names
-    wrapper = module  # exported as is: its initializers are named by parameter paths
+    lm, seq2seq = facts.language_model, facts.source is not None
+    input_names = ["tokens"] if lm else [i.name for i in model.inputs if i.default is None]
+    output_names = ["logits"] if lm or seq2seq else [n for n, _ in model.outputs]
     vocab = facts.ids or 2  # the ids every int input takes (an embedding's table), whatever the spec calls it
     gen = torch.Generator().manual_seed(0)
-    example = _sample_inputs(model, 2, min(seq_bound, 8) if seq_bound else None, vocab, gen)
+    lengths = _lengths(model, facts)
+    example = _sample_inputs(model, 2, _example_length(lengths[-1]), vocab, gen)
     report: dict = {"file": str(out), "params": compiled.analysis.total, "checks": []}
-    export_id = {"specc.export_id": _export_id(module, _metadata(compiled, tokenizer, "full"))}
+    export_id = {"specc.export_id": _export_id(module, metadata(compiled, tokenizer, "full"))}
     written: list[Path] = []
     try:
         tmp = temp_beside(out)
         written.append(tmp)
-        with _quiet(), torch.no_grad():
-            # optimize=False keeps every weight under its parameter path (the exporter's optimizer folds
-            # transposes into renamed copies); onnxruntime does that folding itself when it loads the file.
-            program = torch.onnx.export(wrapper, tuple(example), dynamo=True, input_names=input_names,
-                                        output_names=output_names, dynamic_shapes=_dynamic(model), optimize=False)
-        _save(program, tmp, {**_metadata(compiled, tokenizer, "full"), **export_id})
-        session = _session(tmp)
-        report["checks"] = _compare(session, wrapper, model, input_names, seq_bound, vocab, gen)
+        # exported as is: its initializers are named by parameter paths
+        export_program(module, tuple(example), tmp, input_names=input_names, output_names=output_names,
+                        dynamic_shapes=_dynamic(model), math_attention=facts.encoder_decoder)
+        save_graph(tmp, {**metadata(compiled, tokenizer, "full"), **export_id})
+        session = open_session(tmp)
+        report["checks"] = _compare(session, module, model, input_names, lengths, vocab, gen)
         worst = max(c["max_abs_diff"] for c in report["checks"])
         report["max_abs_diff"] = worst
         if not worst <= TOLERANCE:
             raise ExportError(f"onnxruntime and PyTorch differ by {worst:.3g} (tolerance {TOLERANCE})",
                               Span(str(out), 0, 0))
-        decode_path = companion(out, "decode")
-        if lm and facts.causal and facts.cache:
+        if seq2seq:
+            report.update(export_graphs(compiled, module, tokenizer, out, export_id, vocab, written))
+        elif lm and facts.causal and facts.cache:
+            decode_path = companion(out, "decode")
             dtmp = temp_beside(decode_path)
             written.append(dtmp)
             report["decode"] = _export_decoder(compiled, module, tokenizer, dtmp, decode_path, session, vocab,
-                                               seq_bound, export_id)
+                                               _sequence_bound(model), export_id)
+            report["decode"].update({"tmp": dtmp, "file": str(decode_path)})
         _publish(tmp, out)
         written.remove(tmp)
-        if "decode" in report:
-            _publish(dtmp, decode_path)
-            written.remove(dtmp)
-            report["decode"]["file"] = str(decode_path)
+        for graph in ("encode", "decode"):  # after the full graph, in the order generate reads them
+            if graph in report:
+                _publish(report[graph]["tmp"], Path(report[graph]["file"]))
+                written.remove(report[graph].pop("tmp"))
     finally:
         for path in written:
             path.unlink(missing_ok=True)
     report["bytes"] = out.stat().st_size
     if quantize:
-        report["quantized"] = _quantize(out, quantize, val_task)
+        report["quantized"] = _quantize(out, quantize, val_task, input_names)
     return report
 
 
-def _compare(session, module, model, input_names: list[str], seq_bound: int | None, vocab: int,
+def _lengths(model, facts) -> list:
+    """The sequence lengths the full graph is compared at: a short one and the longest; for a
+    sequence-to-sequence model a source and a target of their own lengths ({dim name: length})."""
+    if facts.source is None:
+        bound = _sequence_bound(model)
+        return [min(5, bound), bound] if bound else [None]
+    dims = {i.name: i.type.shape[-1] for i in model.inputs}
+    src, tgt = dims[facts.source], dims[facts.target]
+    longest = src.bound or 16, tgt.bound or 16
+    return [{src.name: min(5, longest[0]), tgt.name: min(4, longest[1])},
+            {src.name: longest[0], tgt.name: longest[1]}]
+
+
+def _example_length(longest):
+    """The lengths the graph is traced at: at most 8, sources and targets of different lengths (so the trace cannot
+    take one for the other)."""
+    if isinstance(longest, dict):
+        return {name: min(n, 8 - i) for i, (name, n) in enumerate(longest.items())}
+    return min(longest, 8) if longest else None
+
+
+def _compare(session, module, model, input_names: list[str], lengths: list, vocab: int,
              generator: torch.Generator) -> list[dict]:
     """onnxruntime against PyTorch on random inputs: batch sizes 1 and 3, a short and the longest sequence."""
     checks = []
-    seqs = [min(5, seq_bound), seq_bound] if seq_bound else [None]
     for batch in (1, 3):
-        for seq in seqs:
+        for seq in lengths:
             inputs = _sample_inputs(model, batch, seq, vocab, generator)
             with torch.no_grad():
-                expected = _first(module(*inputs)).numpy()
+                expected = first(module(*inputs)).numpy()
             got = session.run(None, {n: x.numpy() for n, x in zip(input_names, inputs)})[0]
             checks.append({"batch": batch, "seq": seq, "max_abs_diff": float(np.abs(got - expected).max())})
     return checks
@@ -270,7 +217,7 @@ def _export_decoder(compiled, module, tokenizer, tmp: Path, target: Path, full_s
     """The decoding graph for `target`, written to `tmp` and checked against the full graph."""
     decoder = Decoder(module).eval()
     slots = decoder.slots
-    names = [f"past.{i}.{kv}" for i in range(len(slots)) for kv in "kv"]
+    names = cache_names("past", len(slots))
     batch = torch.export.Dim("batch", min=1, max=4096)
     new = torch.export.Dim("new", min=1, max=seq_bound)
     past = torch.export.Dim("past", min=0, max=seq_bound)
@@ -278,14 +225,10 @@ def _export_decoder(compiled, module, tokenizer, tmp: Path, target: Path, full_s
     example_past = [torch.randn(2, kv, 3, hd, generator=gen) for kv, hd in slots for _ in (0, 1)]
     tokens = torch.randint(0, vocab, (2, 2), generator=gen)
     dynamic = ({0: batch, 1: new}, tuple({0: batch, 2: past} for _ in example_past))
-    with _quiet(), torch.no_grad():
-        program = torch.onnx.export(decoder, (tokens, *example_past), dynamo=True,
-                                    input_names=["tokens"] + names,
-                                    output_names=["logits"] + [n.replace("past", "present") for n in names],
-                                    dynamic_shapes=dynamic, optimize=False)
-    _save(program, tmp, {**_metadata(compiled, tokenizer, "decode"),
-                         **export_id}, strip_prefix="model.")
-    session = _session(tmp)
+    export_program(decoder, (tokens, *example_past), tmp, input_names=["tokens"] + names,
+                    output_names=["logits"] + [n.replace("past", "present") for n in names], dynamic_shapes=dynamic)
+    save_graph(tmp, {**metadata(compiled, tokenizer, "decode"), **export_id}, strip_prefix="model.")
+    session = open_session(tmp)
     # Cache against no cache: a prompt, then one token at a time, against the full graph on the whole sequence.
     seq = min(seq_bound, 12)
     ids = torch.randint(0, vocab, (2, seq), generator=gen).numpy()
@@ -305,7 +248,7 @@ def _export_decoder(compiled, module, tokenizer, tmp: Path, target: Path, full_s
     return {"cache_vs_full_max_abs_diff": diff, "layers": len(slots)}
 
 
-def _quantize(path: Path, kind: str, val_task) -> dict:
+def _quantize(path: Path, kind: str, val_task, input_names: list[str]) -> dict:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     target = companion(path, "int8")
@@ -317,7 +260,7 @@ def _quantize(path: Path, kind: str, val_task) -> dict:
         options.optimized_model_filepath = str(folded)
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        with _quiet():
+        with quiet():
             quantize_dynamic(str(folded), str(tmp), weight_type=QuantType.QInt8)
         _publish(tmp, target)
     finally:
@@ -327,12 +270,13 @@ def _quantize(path: Path, kind: str, val_task) -> dict:
     if val_task is not None:  # a language model trained on text: its training objective on the validation split
         losses = {}
         for name, p in (("fp32", path), ("int8", target)):
-            session = _session(p)
+            session = open_session(p)
             gen = torch.Generator().manual_seed(7)
             total = []
             for _ in range(8):
-                x, y = val_task.batch("val", 8, gen)
-                logits = session.run(None, {"tokens": x.numpy()})[0]
+                x, y = val_task.batch("val", 8, gen)  # x: the token ids, or (source, target) of a seq2seq model
+                feeds = dict(zip(input_names, (t.numpy() for t in (x if isinstance(x, tuple) else (x,)))))
+                logits = session.run(None, feeds)[0]
                 z = logits - logits.max(-1, keepdims=True)
                 logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
                 y = y.numpy()

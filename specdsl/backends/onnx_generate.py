@@ -5,7 +5,8 @@ call. Past the model's context it follows the same rule as `specc sample` (specd
 last ctx tokens again for every token, "shift" keeps the last ctx/2 and goes on with the cache), so with temperature
 0 both produce the same tokens. A decoding graph is used only beside the full graph of its own export (their
 `specc.export_id` agree), and every metadata value is checked: a crafted or damaged file is a SpecError naming the file
-and the key, never a traceback.
+and the key, never a traceback. A sequence-to-sequence export runs through onnx_translate.py
+(onnx_translate.open_generator says which a file needs).
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ AGAIN = "export the model again: specc export SPEC --onnx --checkpoint RUN_DIR -
 
 
 def companion(path: str | Path, kind: str) -> Path:
-    """OUT.decode.onnx or OUT.int8.onnx beside OUT.onnx."""
+    """OUT.decode.onnx, OUT.encode.onnx or OUT.int8.onnx beside OUT.onnx."""
     path = Path(path)
     return path.with_name(f"{path.stem}.{kind}.onnx")
+
+
+def cache_names(prefix: str, slots: int) -> list[str]:
+    """`prefix.<i>.k`, `prefix.<i>.v` for each of `slots` attention applications, in order (past, present,
+    memory): the names of a graph's cache inputs and outputs."""
+    return [f"{prefix}.{i}.{kv}" for i in range(slots) for kv in "kv"]
 
 
 def export_paths(model, out: str | Path, quantize: str | None) -> list[Path]:
@@ -38,7 +45,9 @@ def export_paths(model, out: str | Path, quantize: str | None) -> list[Path]:
     from ..io import check_output
     paths = [Path(out)]
     facts = contract(model)
-    if facts.language_model and facts.causal:
+    if facts.source is not None:  # a sequence-to-sequence model: its encoder graph and its decoding graph
+        paths += [companion(out, "encode"), companion(out, "decode")]
+    elif facts.language_model and facts.causal:
         paths.append(companion(out, "decode"))
     if quantize:
         paths.append(companion(out, "int8"))
@@ -154,11 +163,15 @@ class OnnxGenerator:
                             Span(str(path), 0, 0), hint="export from a trained run: --checkpoint RUN_DIR")
         self.tokenizer = tokenizer
         facts = _contract(decode_meta, decode)
+        if facts.source is not None:
+            raise SpecError(f"'{decode}' decodes a sequence-to-sequence model: run it with its encoder graph",
+                            Span(str(decode), 0, 0),
+                            hint="open it with onnx_translate.open_generator (specc generate does)")
         self.slots = list(facts.cache)
         self.ctx = facts.context or 1 << 30
         self.path = decode
         self.session = _session(decode, threads)
-        self.names = [f"past.{i}.{kv}" for i in range(len(self.slots)) for kv in "kv"]
+        self.names = cache_names("past", len(self.slots))
         self.dims = dict(zip(self.names, (s for s in self.slots for _ in "kv")))  # (kv_heads, head_dim)
         # The metadata must describe the graph: tokens and the cache [batch, kv_heads, past, head_dim] in; logits
         # [batch, new, vocab] and the cache out.

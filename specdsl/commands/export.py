@@ -34,16 +34,9 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
     else:
         compiled = load(spec, preset=preset, overrides=overrides)
     from ..backends.onnx_generate import export_paths
-    from ..contract import refuse_encoder_decoder
-    refuse_encoder_decoder(compiled.model, "ONNX export")
     export_paths(compiled.model, output, quantize)  # before torch is imported: seconds before a refusal otherwise
-    if run is not None and tokenizer:  # the run's objective on its validation split, to weigh --quantize
-        from ..contract import contract
-        from ..train.data import TokenData
-        from ..train.rundir import DATA
-        from ..train.tasks import language_task
-        val_task = language_task(TokenData(run.path / DATA, run.tokenizer()), run.tokenizer(),
-                                 contract(compiled.model).context)
+    if run is not None and tokenizer and quantize:  # the run's objective on its validation split, to weigh int8
+        val_task = validation_task(run, record, compiled, console)
     if weights is None:
         console.print("[yellow]warning: no --checkpoint: exporting random weights[/yellow]")
     from ..backends.onnx_export import export
@@ -59,6 +52,28 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
                       "unmerged model in PyTorch")
     _print_report(console, report)
     return report
+
+
+def validation_task(run, record: dict, compiled, console: Console):
+    """The task a run was trained on, to score --quantize on its validation split: next-token (or masked-token)
+    prediction on its text, or the built-in task of a sequence-to-sequence model, drawn again from the run's seed
+    (None, with a warning, when that no longer gives the run's strings)."""
+    from ..contract import contract
+    facts = contract(compiled.model)
+    if facts.source is not None:
+        from ..train.pairs import ReversalData
+        from ..train.tasks import Seq2Seq
+        data = record["data"]
+        pairs = ReversalData(data["seed"]) if isinstance(data.get("seed"), int) else None
+        if pairs is None or pairs.fingerprint != data:
+            console.print("[yellow]warning: this specc draws other strings for the run's task: int8 is not scored"
+                          "[/yellow]")
+            return None
+        return Seq2Seq(pairs)
+    from ..train.data import TokenData
+    from ..train.rundir import DATA
+    from ..train.tasks import language_task
+    return language_task(TokenData(run.path / DATA, run.tokenizer()), run.tokenizer(), facts.context)
 
 
 def trained_module(compiled, folder: Path, record: dict | None = None):
@@ -93,10 +108,18 @@ def _shown(path) -> str:
 def _print_report(console: Console, r: dict) -> None:
     console.print(f"wrote [bold]{_shown(r['file'])}[/bold]: {r['bytes']:,} bytes for {r['params']:,} parameters "
                   f"({r['bytes'] / (4 * r['params']):.3f} x 4 bytes each)")
-    for c in r["checks"]:
-        seq = f", seq {c['seq']}" if c["seq"] else ""
-        console.print(f"  onnxruntime vs PyTorch, batch {c['batch']}{seq}: max |diff| {c['max_abs_diff']:.2e}")
-    if "decode" in r:
+    _print_checks(console, r["checks"])
+    if "encode" in r:
+        e = r["encode"]
+        console.print(f"wrote [bold]{_shown(e['file'])}[/bold]: encoder graph, the source to the memory's keys and "
+                      f"values for {e['cross_layers']} cross-attention layers")
+        _print_checks(console, e["checks"])
+    if "decode" in r and "encode" in r:
+        d = r["decode"]
+        console.print(f"wrote [bold]{_shown(d['file'])}[/bold]: decoding graph with the KV cache of "
+                      f"{d['layers']} self-attention layers and the memory's keys and values; encoder and decoding "
+                      f"graphs vs PyTorch's full pass max |diff| {d['cache_vs_full_max_abs_diff']:.2e}")
+    elif "decode" in r:
         d = r["decode"]
         console.print(f"wrote [bold]{_shown(d['file'])}[/bold]: decoding graph with a KV cache for {d['layers']} "
                       f"attention layers; cache vs full graph max |diff| {d['cache_vs_full_max_abs_diff']:.2e}")
@@ -108,6 +131,14 @@ def _print_report(console: Console, r: dict) -> None:
             line += (f"; validation loss {q['val_loss']['fp32']:.4f} -> {q['val_loss']['int8']:.4f} "
                      f"({q['val_loss_change']:+.4f})")
         console.print(line)
+
+
+def _print_checks(console: Console, checks: list[dict]) -> None:
+    for c in checks:
+        seq = c["seq"]
+        lengths = ", ".join(f"{n} {v}" for n, v in seq.items()) if isinstance(seq, dict) else f"seq {seq}"
+        shown = f", {lengths}" if seq else ""
+        console.print(f"  onnxruntime vs PyTorch, batch {c['batch']}{shown}: max |diff| {c['max_abs_diff']:.2e}")
 
 
 def inspect_command(path: str) -> None:
@@ -128,5 +159,8 @@ def inspect_command(path: str) -> None:
     said = ""
     if declared.isascii() and declared.isdigit() and len(declared) < 100:  # a count, not whatever a file says
         said = f" (the spec says {int(declared):,})"
+        part = {"encode": "the encoder graph", "decode": "the decoding graph"}.get(meta.get("specc.graph", ""))
+        if part and counted != int(declared):  # an encoder-decoder's graphs hold the weights each reads
+            said = f" ({part}'s part of the spec's {int(declared):,})"
     console.print(Text.assemble(("parameters in the file", "bold"), f": {counted:,}{said}"))
     console.print(Text.assemble(("file size", "bold"), f": {Path(path).stat().st_size:,} bytes"))

@@ -21,6 +21,13 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def check_source(ids: list[int], source_context: int | None) -> None:
+    """A sequence-to-sequence model's prompt is its source: at most the source's context."""
+    if source_context is not None and len(ids) > source_context:
+        raise SpecError(f"the prompt is {len(ids)} tokens; the model's source takes at most {source_context}",
+                        Span("--prompt", 0, 0))
+
+
 def stream(prompt: str, tokens, tokenizer) -> None:
     """The prompt, then each generated piece as it comes. A SpecError mid-stream ends the line first."""
     # Generated text is the product: into a file or a pipe it goes as is. A terminal is another matter: the model
@@ -45,9 +52,7 @@ def sample_command(run_dir: str, prompt: str, max_new_tokens: int, temperature: 
     ids = prompt_ids(tokenizer, prompt)
     facts = contract(module.spec)
     if facts.source is not None:  # a sequence-to-sequence model: the prompt is the source; print its target
-        if facts.source_context is not None and len(ids) > facts.source_context:
-            raise SpecError(f"the prompt is {len(ids)} tokens; the model's source takes at most "
-                            f"{facts.source_context}", Span("--prompt", 0, 0))
+        check_source(ids, facts.source_context)
         stream("", translate(module, ids, tokenizer.bos_id, tokenizer.eos_id, max_new_tokens, temperature, top_k,
                              seed, vocab=tokenizer.vocab_size), tokenizer)
         return
@@ -57,7 +62,11 @@ def sample_command(run_dir: str, prompt: str, max_new_tokens: int, temperature: 
 
 def generate_command(path: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
                      seed: int, overflow: str) -> None:
-    from ..backends.onnx_generate import OnnxGenerator
-    generator = OnnxGenerator(path)
+    from ..backends.onnx_translate import OnnxTranslator, open_generator
+    generator = open_generator(path)
     ids = prompt_ids(generator.tokenizer, prompt)
+    if isinstance(generator, OnnxTranslator):  # a sequence-to-sequence export: the prompt is the source, as sample
+        check_source(ids, generator.source_context)
+        stream("", generator.translate(ids, max_new_tokens, temperature, top_k, seed), generator.tokenizer)
+        return
     stream(prompt, generator.generate(ids, max_new_tokens, temperature, top_k, seed, overflow), generator.tokenizer)

@@ -1,0 +1,110 @@
+"""One graph of an ONNX export: traced from a torch module by torch.onnx, rewritten with the weights named by their
+parameter paths and specc's metadata, checked by onnx.checker, and loaded by onnxruntime; and the tolerance every
+comparison with PyTorch is held to. onnx_export.py (the full and decoder-only decoding graphs) and onnx_seq2seq.py
+(an encoder-decoder's encoder and decoding graphs) build on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..contract import contract
+from ..errors import SpecError
+from ..version import __version__
+
+TOLERANCE = 1e-4  # float32: the command fails above this
+
+
+class ExportError(SpecError):
+    """A graph that onnxruntime does not compute as PyTorch does: the export leaves no file."""
+
+
+@contextlib.contextmanager
+def quiet():
+    """torch.onnx prints progress lines and warnings; a CLI shows its own report instead."""
+    sink = io.StringIO()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        try:
+            yield sink
+        finally:
+            logging.disable(previous)
+
+
+def metadata(compiled, tokenizer: dict | None, graph: str) -> dict[str, str]:
+    """specc's metadata_props of one graph (`graph`: full, encode or decode; docs/onnx.md, "Metadata")."""
+    m = compiled.model
+    meta = {
+        "specc.version": __version__,
+        "specc.model": m.name,
+        "specc.graph": graph,
+        "specc.spec": m.source,
+        "specc.spec_path": m.path,
+        "specc.preset": m.preset or "",
+        "specc.hyperparameters": json.dumps(m.hyperparameters),
+        "specc.tokenizer": json.dumps(tokenizer) if tokenizer else "",
+        "specc.params": str(compiled.analysis.total),
+        "specc.contract": json.dumps(contract(m).to_json()),
+        # every file the model was compiled from (the main one first, then what it `use`s): the file says exactly
+        # which source it is
+        "specc.sources": json.dumps([{"name": name, "text": text} for name, text in m.sources]),
+    }
+    return meta
+
+
+def export_program(module, args: tuple, path: Path, math_attention: bool = False, **kw) -> None:
+    """torch.onnx.export (the torch.export-based exporter) of `module` on `args` to `path`, quietly; `kw` are its
+    input_names, output_names and dynamic_shapes. optimize=False keeps every weight under its parameter path (the
+    exporter's optimizer folds transposes into renamed copies); onnxruntime does that folding itself when it loads
+    the file. `math_attention` traces scaled_dot_product_attention with its math backend: with a float mask (T5's
+    position bias) torch 2.13's ONNX decompositions otherwise fail ("Cannot view a tensor with shape [B, T, h,
+    hd] ... as a tensor with shape [B, T, h * hd]")."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
+    with quiet(), torch.no_grad(), backend:
+        program = torch.onnx.export(module, args, dynamo=True, optimize=False, **kw)
+    program.save(str(path))
+
+
+def save_graph(path: Path, metadata: dict[str, str], strip_prefix: str = "") -> None:
+    """Rewrite the exported graph at `path` with initializers named by their parameter paths (a wrapper's prefix
+    removed), without the exporter's per-node stack traces (a tenth of the file), and with specc's metadata."""
+    import onnx
+    proto = onnx.load(str(path))
+    if strip_prefix:
+        renames = {t.name: t.name[len(strip_prefix):] for t in proto.graph.initializer
+                   if t.name.startswith(strip_prefix)}
+        for t in proto.graph.initializer:
+            t.name = renames.get(t.name, t.name)
+        for node in proto.graph.node:
+            node.input[:] = [renames.get(i, i) for i in node.input]
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.value_info[:]
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def open_session(path: Path):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
