@@ -167,6 +167,10 @@ def _export_checked(compiled, out: Path, module, tokenizer: dict | None, quantiz
     report["bytes"] = out.stat().st_size
     if quantize:
         report["quantized"] = _quantize(out, quantize, val_task, input_names)
+        if "decode" in report:  # OUT.int8.decode.onnx beside OUT.int8.onnx: `specc generate OUT.int8.onnx` decodes
+            decode = Path(report["decode"]["file"])
+            report["quantized"]["decode"] = _quantize(decode, quantize, None, [],
+                                                      companion(companion(out, "int8"), "decode"))
     return report
 
 
@@ -248,10 +252,10 @@ def _export_decoder(compiled, module, tokenizer, tmp: Path, target: Path, full_s
     return {"cache_vs_full_max_abs_diff": diff, "layers": len(slots)}
 
 
-def _quantize(path: Path, kind: str, val_task, input_names: list[str]) -> dict:
+def _quantize(path: Path, kind: str, val_task, input_names: list[str], target: Path | None = None) -> dict:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    target = companion(path, "int8")
+    target = target or companion(path, "int8")
     tmp, folded = temp_beside(target), temp_beside(target)
     try:
         # Fold the weight transposes first (onnxruntime's basic level), so MatMuls see constant weights to quantize.

@@ -51,6 +51,8 @@ def export_paths(model, out: str | Path, quantize: str | None) -> list[Path]:
         paths.append(companion(out, "decode"))
     if quantize:
         paths.append(companion(out, "int8"))
+        if facts.language_model and facts.causal and facts.cache:  # the int8 decoding graph, for generate
+            paths.append(companion(companion(out, "int8"), "decode"))
     for path in paths:
         check_output(path)
     return paths

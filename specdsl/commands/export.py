@@ -131,6 +131,9 @@ def _print_report(console: Console, r: dict) -> None:
             line += (f"; validation loss {q['val_loss']['fp32']:.4f} -> {q['val_loss']['int8']:.4f} "
                      f"({q['val_loss_change']:+.4f})")
         console.print(line)
+        if "decode" in q:
+            console.print(f"wrote [bold]{_shown(q['decode']['file'])}[/bold]: its decoding graph, "
+                          f"{q['decode']['bytes']:,} bytes (specc generate on the int8 file uses it)")
 
 
 def _print_checks(console: Console, checks: list[dict]) -> None:
