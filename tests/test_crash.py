@@ -15,13 +15,6 @@ import crash_consistency  # noqa: E402
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out (pyproject.toml, markers)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("crash") / "reference"
-    crash_consistency.reference(out)
-    return out
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_interrupted_training_resumes_bit_identical(tmp_path, reference, seed):
-    crash_consistency.trial(tmp_path, reference, seed)
+def test_interrupted_training_resumes_bit_identical(tmp_path, crash_reference, seed):
+    crash_consistency.trial(tmp_path, crash_reference, seed)

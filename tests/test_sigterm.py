@@ -20,9 +20,8 @@ import crash_consistency as cc  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path):
-    reference, out = tmp_path / "reference", tmp_path / "terminated"
-    cc.reference(reference)
+def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path, crash_reference):
+    reference, out = crash_reference, tmp_path / "terminated"
     proc = subprocess.Popen(cc.command(out), env=cc._env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # until a few steps are logged: mid-run
