@@ -31,10 +31,15 @@ ARGS = ["--steps", "100", "--eval-every", "7", "--batch", "4", "--set", "d=32", 
         "heads=2", "--set", "ctx=16", "--set", "dropout=0.1"]  # dropout: the RNG must resume too
 
 
+def arguments(out: Path, resume: bool = False) -> list[str]:
+    """The arguments of `specc` for the run in `out`."""
+    return ["train", str(SPEC), "--out", str(out)] + ARGS + (["--resume"] if resume else [])
+
+
 def command(out: Path, resume: bool = False) -> list[str]:
     specc = Path(sys.executable).parent / "specc"
     base = [str(specc)] if specc.exists() else [sys.executable, "-m", "specdsl.cli"]
-    return base + ["train", str(SPEC), "--out", str(out)] + ARGS + (["--resume"] if resume else [])
+    return base + arguments(out, resume)
 
 
 def _env() -> dict:
@@ -81,8 +86,14 @@ def saved_step(out: Path) -> str:
     return "none"
 
 
-def trial(root: Path, ref: Path, seed: int) -> str:
-    """One trial; returns what happened, raises AssertionError if the resumed run differs from the reference."""
+def finish_in_a_process(out: Path) -> None:
+    done = subprocess.run(command(out, resume=True), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def trial(root: Path, ref: Path, seed: int, finish=finish_in_a_process) -> str:
+    """One trial; returns what happened, raises AssertionError if the resumed run differs from the reference.
+    `finish(out)` runs the last `--resume` to the end (the test suite runs it in its own process)."""
     rng = random.Random(seed)
     out = root / f"trial{seed}"
     story = []
@@ -92,8 +103,7 @@ def trial(root: Path, ref: Path, seed: int) -> str:
         story.append(f"{signal.Signals(sig).name} (exit {code}, checkpoint at step {saved_step(out)})")
         if sig != signal.SIGKILL:  # the step under way is saved, then the process exits with 128 + the signal
             assert code in (0, 128 + sig), f"{signal.Signals(sig).name} gave exit code {code}"
-    done = subprocess.run(command(out, resume=True), env=_env(), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    finish(out)
     a, b = weights(out), weights(ref)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "weights differ from the reference"
     assert losses(out) == losses(ref), "the loss log differs from the reference"

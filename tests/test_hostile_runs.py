@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import specdsl
-from conftest import SPECS
+from conftest import SPECS, specc_here
 
 torch = pytest.importorskip("torch")
 from specdsl.train import rundir  # noqa: E402
@@ -130,7 +130,7 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_changed_used_file_and_sample_uses_the_runs_own_copy(tmp_path, specc_cmd):
+def test_resume_refuses_a_changed_used_file_and_sample_uses_the_runs_own_copy(tmp_path):
     shutil.copytree(SPECS, tmp_path / "specs")
     spec, std = tmp_path / "specs" / "nanogpt-shakespeare.spec", tmp_path / "specs" / "std" / "transformer.spec"
     out = tmp_path / "r"
@@ -138,8 +138,7 @@ def test_resume_refuses_a_changed_used_file_and_sample_uses_the_runs_own_copy(tm
     std.write_text(std.read_text() + "\n# edited after the run started\n")
     with pytest.raises(specdsl.SpecError, match="transformer.spec' is not as it was"):
         run(out, 10, resume=True, spec=spec)
-    sample = subprocess.run(specc_cmd + ["sample", str(out), "--prompt", "the ", "--max-new-tokens", "5"],
-                            capture_output=True, text=True)
+    sample = specc_here("sample", out, "--prompt", "the ", "--max-new-tokens", "5")
     assert sample.returncode == 0, sample.stderr  # compiled from the run's sources, not the changed file
 
 
@@ -152,9 +151,8 @@ def test_resume_refuses_other_set_values_including_vocab(tmp_path, trained):
     assert run(out, 12, resume=True, sets={})["steps"] == 12  # omitted values are the run's
 
 
-def test_export_of_a_checkpoint_refuses_another_architecture(tmp_path, trained, specc_cmd):
-    done = subprocess.run(specc_cmd + ["export", NANO, "--checkpoint", str(trained), "--onnx", "-o",
-                                       str(tmp_path / "m.onnx"), "--set", "heads=4"], capture_output=True, text=True)
+def test_export_of_a_checkpoint_refuses_another_architecture(tmp_path, trained):
+    done = specc_here("export", NANO, "--checkpoint", trained, "--onnx", "-o", tmp_path / "m.onnx", "--set", "heads=4")
     assert done.returncode == 2 and "--set heads: 2 -> 4" in done.stderr and not (tmp_path / "m.onnx").exists()
 
 

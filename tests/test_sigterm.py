@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, specc_here
 
 sys.path.insert(0, str(ROOT / "bench"))
 pytest.importorskip("torch")
@@ -20,9 +20,8 @@ import crash_consistency as cc  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path):
-    reference, out = tmp_path / "reference", tmp_path / "terminated"
-    cc.reference(reference)
+def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path, crash_reference):
+    reference, out = crash_reference, tmp_path / "terminated"
     proc = subprocess.Popen(cc.command(out), env=cc._env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # until a few steps are logged: mid-run
@@ -35,7 +34,7 @@ def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err.decode(), err.decode()
     saved = json.loads((out / "last" / "trainer.json").read_text())["step"]
     assert 10 <= saved < 100  # the step under way when the signal came, not the last evaluation's
-    done = subprocess.run(cc.command(out, resume=True), env=cc._env(), capture_output=True, text=True)
+    done = specc_here(*cc.arguments(out, resume=True))  # in this process: the signal was the other one's
     assert done.returncode == 0, done.stderr
     a, b = cc.weights(out), cc.weights(reference)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import specdsl
-from conftest import SPECS
+from conftest import SPECS, specc_here
 
 torch = pytest.importorskip("torch")
 from specdsl.train.loop import train  # noqa: E402
@@ -159,31 +159,38 @@ def test_classifier_learns_digits(tmp_path):
 @pytest.mark.slow
 def test_sample_greedy_is_deterministic_and_checks_the_prompt(tmp_path, specc_cmd):
     run(tmp_path / "r", 20)
-    args = specc_cmd + ["sample", str(tmp_path / "r"), "--prompt", "the ", "--max-new-tokens", "20",
-                        "--temperature", "0"]
-    a = subprocess.run(args, capture_output=True, text=True)
-    b = subprocess.run(args, capture_output=True, text=True)
+    args = ["sample", str(tmp_path / "r"), "--prompt", "the ", "--max-new-tokens", "20", "--temperature", "0"]
+    a = subprocess.run(specc_cmd + args, capture_output=True, text=True)  # a new process, and this one
+    b = specc_here(*args)
     assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("the ") and len(a.stdout) > 20
-    bad = subprocess.run(specc_cmd + ["sample", str(tmp_path / "r"), "--prompt", "Q@Z"], capture_output=True,
-                         text=True)
+    bad = specc_here("sample", tmp_path / "r", "--prompt", "Q@Z")
     assert bad.returncode == 2 and "outside the vocabulary" in bad.stderr and "Traceback" not in bad.stderr
-    missing = subprocess.run(specc_cmd + ["sample", str(tmp_path / "nope")], capture_output=True, text=True)
+    missing = specc_here("sample", tmp_path / "nope")
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+DISTRIBUTED = ["train", str(SPECS / "nanogpt-shakespeare.spec"), "--steps", "8", "--batch", "8", "--eval-every", "8",
+               *(f"--set={k}={v}" for k, v in TINY.items())]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The run that DDP and FSDP must match, trained once in this process (the same command, one process)."""
+    out = tmp_path_factory.mktemp("one") / "one"
+    done = specc_here(*DISTRIBUTED, "--out", out)
+    assert done.returncode == 0, done.stderr
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, specc_cmd, sharding):
-    common = ["train", str(SPECS / "nanogpt-shakespeare.spec"), "--steps", "8", "--batch", "8", "--eval-every", "8"]
-    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+def test_two_processes_match_one(tmp_path, specc_cmd, one_process, sharding):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(specc_cmd + common + sets + ["--out", str(tmp_path / "one")], capture_output=True,
-                         text=True, env=env)
-    two = subprocess.run(specc_cmd + common + sets + ["--out", str(tmp_path / "two"), "--nproc", "2"] + sharding,
+    two = subprocess.run(specc_cmd + DISTRIBUTED + ["--out", str(tmp_path / "two"), "--nproc", "2"] + sharding,
                          capture_output=True, text=True, env=env)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
-    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = losses(one_process), losses(tmp_path / "two")
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
@@ -216,7 +223,7 @@ BERT_TINY = {"d": 32, "layers": 1, "heads": 2, "ffn": 64, "ctx": 16, "dropout": 
 
 
 @pytest.mark.slow
-def test_bidirectional_models_learn_masked_tokens_not_next_tokens(tmp_path, specc_cmd):
+def test_bidirectional_models_learn_masked_tokens_not_next_tokens(tmp_path):
     out = tmp_path / "r"
     summary = train(str(SPECS / "bert.spec"), preset="mlm", overrides=BERT_TINY,
                     flags={**QUICK, "batch": 16, "steps": 120, "eval_every": 40, "lr": 3e-3, "out": str(out)},
@@ -230,7 +237,7 @@ def test_bidirectional_models_learn_masked_tokens_not_next_tokens(tmp_path, spec
     # masks that hide nothing (or next-token training) it falls to 0.26 within these steps (measured)
     assert evals[-1]["val_loss"] < math.log(38) - 0.5 and evals[-1]["val_loss"] > 1.5
     assert evals[-1]["val_accuracy"] > 0.1 and summary["best_val_loss"] == min(r["val_loss"] for r in evals)
-    refused = subprocess.run(specc_cmd + ["sample", str(out)], capture_output=True, text=True)
+    refused = specc_here("sample", out)
     assert refused.returncode == 2 and "masked language model" in refused.stderr
 
 
