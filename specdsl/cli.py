@@ -15,7 +15,7 @@ from .context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES
 from .errors import SpecError
 from .version import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="specc: compile declarative model specs to exact counts, PyTorch and ONNX.")
 
 # Exit codes: 2 for bad input (a located or named error), 1 for a failure that is not the input's (an internal

@@ -94,13 +94,15 @@ def test_backends_know_nothing_of_training_or_the_command_line():
 
 def test_help_imports_nothing_of_the_compiler():
     """`specc --help` needs the command line and nothing else: not the parser, the kinds or the analysis (the
-    package's names load on first use), let alone torch or numpy."""
+    package's names load on first use), let alone torch or numpy; nor rich, which typer's rich help would load
+    (~120 ms with markdown_it: the app is built with rich_markup_mode=None, click's plain help)."""
     import subprocess
     import sys
     code = ("import sys\nsys.argv = ['specc', '--help']\nfrom specdsl.cli import run\ntry:\n    run()\n"
             "except SystemExit:\n    pass\n"
             "heavy = ('lark', 'specdsl.parse', 'specdsl.kinds', 'specdsl.analysis', 'specdsl.elaborate', 'torch', "
-            "'numpy', 'onnx')\nprint(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))")
+            "'numpy', 'onnx', 'rich', 'markdown_it')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"

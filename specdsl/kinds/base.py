@@ -139,8 +139,15 @@ class Registry(dict):
         super().__init__()
         self._plugins_loaded = False
 
+    @staticmethod
+    def is_kind_name(name: str) -> bool:
+        """Kind names are identifiers starting with a capital (Linear): a name that is not one, such as a block's
+        gpt_block, is no kind, and looking it up need not load the plugins (importlib.metadata and a scan of every
+        installed package, ~70 ms of a `specc compile` process)."""
+        return name.isidentifier() and name[0].isupper()
+
     def register(self, kind: Kind) -> None:
-        if not kind.name.isidentifier() or not kind.name[0].isupper():
+        if not self.is_kind_name(kind.name):
             raise KindError(f"kind name {kind.name!r} must be an identifier starting with a capital, like Linear")
         known = self.get(kind.name)
         where = f"{type(kind).__module__}.{type(kind).__qualname__}"
@@ -162,7 +169,7 @@ class Registry(dict):
                                 f"failed to load: {type(e).__name__}: {e}") from e
 
     def __contains__(self, name) -> bool:
-        if not dict.__contains__(self, name):
+        if not dict.__contains__(self, name) and isinstance(name, str) and self.is_kind_name(name):
             self.load_plugins()
         return dict.__contains__(self, name)
 
