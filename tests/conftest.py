@@ -11,6 +11,14 @@ ZOO = sorted(p for p in SPECS.glob("*.spec"))
 
 # Tests that run torch share two cores with pytest itself: keep torch to one thread.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The on-disk parse cache (specdsl/parse_cache.py) of this test session, processes it starts included: its own
+# folder, removed at exit, never the user's ~/.cache.
+if "SPECC_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    os.environ["SPECC_CACHE_DIR"] = tempfile.mkdtemp(prefix="specc-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SPECC_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,45 @@ model m {
     _same_when_ejected(c, module, (x, mem))
 
 
+@pytest.mark.parametrize("call", ["repeat 2 { dec(d, memory = mem) }", "repeat 2 shared { dec(d, memory = mem) }",
+                                  "blk: dec(d, memory = mem)"])
+def test_a_block_pipes_its_tensor_parameter_into_layers(call):
+    """`m = memory -> LayerNorm(d)` inside a block reads a tensor of the caller as a pipe's source, not as a layer's
+    argument: it is a captured input of the block's module (and of the repeat's) like `memory = enc` (before, the
+    module read the caller's ref it was never given: KeyError '%1' in the forward)."""
+    text = f"""
+param d = 8
+block dec(d: int, memory: tensor) {{
+    input x
+    m = memory -> norm: LayerNorm(d)
+    return (x -> fc: Linear(d, d)) + m
+}}
+model m {{
+    input x: float[batch, 6, d]
+    input mem: float[batch, 6, d]
+    return x -> {call}
+}}
+"""
+    c = load(text)
+    module = specdsl.to_torch(c).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    x, mem = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    weights = dict(module.named_parameters())
+    blocks = sorted({name.rsplit(".", 2)[0] for name in weights if ".norm." in name})
+    expected = x
+    F = torch.nn.functional
+    for prefix in (blocks * 2 if "shared" in call else blocks):
+        w = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+        expected = F.linear(expected, w["fc.weight"], w["fc.bias"]) + F.layer_norm(mem, (8,), w["norm.weight"],
+                                                                                   w["norm.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, mem), expected)
+    _same_when_ejected(c, module, (x, mem))
+
+
 def _same_when_ejected(c, module, xs):
     from specdsl.backends.emit_torch import emit_torch
     namespace = {"__name__": "ejected"}

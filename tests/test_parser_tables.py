@@ -2,7 +2,7 @@
 
 import hashlib
 
-from specdsl import _parser_tables, parse
+from specdsl import _parser_tables, grammar_parser
 from specdsl.resources import grammar_path
 
 
@@ -13,6 +13,6 @@ def test_parser_tables_match_the_grammar():
 
 
 def test_tables_and_grammar_parse_alike():
-    text = (parse.grammar_path().parent.parent / "specs" / "gpt2.spec").read_text()
-    built = parse._build_parser(grammar_path().read_text(encoding="utf-8"))
-    assert parse._parser().parse(text) == built.parse(text)
+    text = (grammar_path().parent.parent / "specs" / "gpt2.spec").read_text()
+    built = grammar_parser._build_parser(grammar_path().read_text(encoding="utf-8"))
+    assert grammar_parser._parser().parse(text) == built.parse(text)

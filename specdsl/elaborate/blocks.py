@@ -36,10 +36,9 @@ class Blocks(ElaborationState):
         # The tensors of the caller the body reads besides its input (a tensor parameter: `memory = enc`) are
         # inputs of the module too.
         module = ir.Module(inner.name, block.name, tuple(inner.children), tuple(inner.ops),
-                           (x.ref, *inner.captures), (result.ref,), stage.span)
+                           (x.ref, *inner.captures), (inner.localize(result.ref),), stage.span)
         builder.children.append(module)
-        out = builder.fresh()
-        builder.ops.append(ir.Op("call", (x.ref, *inner.captures), out, target=inner.name))
+        out = builder.emit("call", (x.ref, *inner.captures), target=inner.name)
         return TVal(result.type, out)
 
     def _block_arguments(self, stage: S.LayerCall, block: S.BlockDef, scope: Scope, builder: ModuleBuilder) -> Scope:
@@ -120,6 +119,5 @@ class Blocks(ElaborationState):
         module = ir.Module(name, "repeat", tuple(inner.children), tuple(inner.ops), (start.ref, *inner.captures),
                            (value.ref,), stage.span, count=count, shared=stage.shared, body=body)
         builder.children.append(module)
-        out = builder.fresh()
-        builder.ops.append(ir.Op("call", (x.ref, *inner.captures), out, target=name))
+        out = builder.emit("call", (x.ref, *inner.captures), target=name)
         return TVal(x.type, out)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-from .. import ir
 from .. import syntax as S
 from ..errors import SpecError, did_you_mean
 from ..kinds import KINDS
@@ -166,8 +165,7 @@ class Expressions(ElaborationState):
         else:
             out_type = a.type if isinstance(a, TVal) else b.type
         self.spend(expr.span, layers=1)
-        out = builder.fresh()
-        builder.ops.append(ir.Op(name, tuple(v.ref if isinstance(v, TVal) else v for v in (a, b)), out))
+        out = builder.emit(name, tuple(v.ref if isinstance(v, TVal) else v for v in (a, b)))
         return TVal(out_type, out)
 
     def _call_function(self, expr: S.Call, scope: Scope, builder: ModuleBuilder | None):

@@ -90,8 +90,7 @@ class Layers(ElaborationState):
         if stage.label is not None:
             builder.labels[stage.label] = layer
             builder.label_paths[stage.label] = builder.path + name
-        out = builder.fresh()
-        builder.ops.append(ir.Op("call", (x.ref, *tensors), out, target=name))
+        out = builder.emit("call", (x.ref, *tensors), target=name)
         return TVal(out_type, out)
 
     def _layer_arguments(self, stage: S.LayerCall, kind: Kind, bound: dict, scope: Scope,

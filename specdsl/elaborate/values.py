@@ -88,6 +88,15 @@ class ModuleBuilder:
         self.local.add(ref)
         return ref
 
+    def emit(self, op: str, reads: tuple, target: str | None = None) -> str:
+        """Append an op reading `reads` (refs, or constants of an arithmetic op) and return its output's ref. Every
+        ref read is localized: a tensor of an enclosing module (`m = memory -> LayerNorm(d)` in a block, where
+        memory is the caller's) becomes an input of this module, as a layer's tensor argument does."""
+        args = tuple(self.localize(r) if isinstance(r, str) else r for r in reads)
+        out = self.fresh()
+        self.ops.append(ir.Op(op, args, out, target=target))
+        return out
+
     def find_label(self, label: str):
         b = self
         while b is not None:
