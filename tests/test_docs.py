@@ -3,6 +3,8 @@
 
 import re
 
+import pytest
+
 from conftest import ROOT, SPECS
 
 LANGUAGE = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
@@ -57,3 +59,26 @@ def test_every_spec_example_in_the_docs_compiles_or_fails_as_shown():
 def test_every_zoo_spec_has_a_row_in_the_readme():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert [p.name for p in sorted(SPECS.glob("*.spec")) if f"| `{p.name}` |" not in readme] == []
+
+
+@pytest.mark.slow
+def test_the_readme_example_folder_is_a_hugging_face_checkpoint_specc_imports(tmp_path, specc_cmd):
+    """README's "Real models" walkthrough starts from docs/examples/make_hf_folder.py: a sharded folder with its
+    index and a tokenizer.json, which `specc import` turns into a spec of the same count as transformers loads."""
+    import json
+    import subprocess
+    import sys
+
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    script, folder = ROOT / "docs" / "examples" / "make_hf_folder.py", tmp_path / "hf-tiny"
+    made = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert (folder / "model.safetensors.index.json").exists() and (folder / "tokenizer.json").exists()
+    again = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "exists" in again.stderr  # never over a folder that exists
+    spec = tmp_path / "tiny.spec"
+    subprocess.run([*specc_cmd, "import", str(folder), "-o", str(spec)], check=True, capture_output=True)
+    shown = subprocess.run([*specc_cmd, "compile", str(spec), "--json"], check=True, capture_output=True, text=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert json.loads(shown.stdout)["params"]["total"] == sum(p.numel() for p in model.parameters())
