@@ -33,6 +33,7 @@ from ..text import printable
 from . import checkpoint, report, rundir
 from .data import TokenData
 from .device import autocast, check_dtype, grad_scaler, process_group_backend, resolve_device
+from .followers import RunSeen, as_error, failures
 from .session import Session, follow, prepare, start
 from .tasks import Classification, Seq2Seq, language_task
 
@@ -161,9 +162,16 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
 def _prepare_every_rank(spec_path: str, preset: str | None, overrides: dict, flags: dict, resume: bool, rank: int,
                         world: int, device: torch.device, lora: dict | None = None) -> tuple[Session, rundir.RunDir]:
     """Rank 0 resolves and checks everything, then starts the run directory; the other ranks read back what it
-    resolved (or stop, when it failed: it reports why, once)."""
+    resolved (or stop, when it failed: it reports why, once). A rank that cannot follow (another machine that does
+    not see the run directory) stops them all, and rank 0 says which it was (train/followers.py)."""
     if rank != 0:
-        return follow(spec_path, _from_rank_zero(None, world))
+        shared = _from_rank_zero(None, world)
+        try:
+            followed, problem = follow(spec_path, shared), None
+        except SpecError as e:
+            followed, problem = None, e
+        _stop_unless_all_followed(problem, rank, world)
+        return followed
     try:
         session = prepare(spec_path, preset, overrides, flags, resume, world, lora)
         check_dtype(session.config.dtype, device)
@@ -171,11 +179,28 @@ def _prepare_every_rank(spec_path: str, preset: str | None, overrides: dict, fla
     except BaseException:
         _from_rank_zero(None, world)
         raise
-    _from_rank_zero({"out": str(session.out), "config": asdict(session.config),
-                     "overrides": session.record["overrides"], "preset": session.record["preset"],
-                     "resuming": session.resuming,
-                     "lora": session.compiled.model.lora.settings() if session.compiled.model.lora else None}, world)
+    try:
+        _from_rank_zero({"seen": asdict(RunSeen.of(run, session.plan.last_step)), "config": asdict(session.config),
+                         "resuming": session.resuming}, world)
+        _stop_unless_all_followed(None, rank, world)
+    except BaseException:
+        run.unlock()
+        raise
     return session, run
+
+
+def _stop_unless_all_followed(problem: SpecError | None, rank: int, world: int) -> None:
+    """Return when every rank followed rank 0; otherwise the rank that could not raises its error (its node prints
+    it), rank 0 raises the first such error, naming the rank, and the others stop quietly."""
+    if world == 1:
+        return
+    failed = failures(problem, world)
+    if problem is not None:
+        raise problem
+    if failed:
+        if rank == 0:
+            raise as_error(failed[0])
+        raise ReportedByRankZero
 
 
 @dataclass
@@ -439,6 +464,7 @@ class Trainer:
                 self.metrics.flush()
                 checkpoint.save(self.run, "last", self.module, self.optimizer, self.generator,
                                 self.state(self.completed), captured)
+            _barrier(self.world)  # no rank exits before rank 0 saved: torchrun stops the rest when one exits
         self.say(f"\ninterrupted after step {self.completed}; continue with --resume")
         raise TrainingInterrupted(signum)
 
