@@ -27,8 +27,10 @@ REPORTS = "SPECC_REPORTS"
 # torchrun's own lines: glog-style log lines of torch.distributed's logger, and its OMP_NUM_THREADS banner.
 _TORCHRUN_LOG = re.compile(r"^([DIWEF]\d{4} [\d:.]+ \d+ .*\] |\*{10,}$|Setting OMP_NUM_THREADS environment variable)")
 
-# torchrun's errors when the nodes never met: its rendezvous' (c10d) or its store's (static) time-outs and refusals
-_NOT_MET = re.compile(r"Rendezvous\w*Error|DistStoreError")
+# torchrun's last line when the nodes never met: its rendezvous' error (c10d), or its store's (static), as
+# torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError or torch.distributed.DistNetworkError: The client
+# socket has timed out after 600000ms while trying to connect to (HOST, PORT).
+_NOT_MET = re.compile(r"^torch\.[\w.]*(Rendezvous\w*Error|DistStoreError|DistNetworkError)\b")
 
 
 def launch(nproc: int, argv: list[str], rendezvous: Rendezvous | None = None) -> int:
@@ -74,13 +76,16 @@ def _outcome(code: int, report: tuple[int, str] | None, received: list[int], lin
     if received:  # stopped before a worker could report: what is on disk is a whole checkpoint, or none yet
         print("interrupted; continue with --resume", file=sys.stderr)
         return 128 + received[0]
+    not_met = [line for line in lines if _NOT_MET.match(line)] if rendezvous is not None else []
+    if code != 0 and not_met:  # torchrun's traceback says no more than its last line
+        print(f"error: the nodes did not meet at {rendezvous.endpoint}: {not_met[-1].strip()}\n"
+              "hint: start the command on every node within torchrun's 10 minutes, with the same --nnodes, "
+              "--rdzv-endpoint and --rdzv-id, and check that each node reaches that address and port",
+              file=sys.stderr)
+        return 1
     if code != 0:
         print("\n".join(lines[-40:]), file=sys.stderr)
         print(f"error: the training processes failed (torchrun exited with {code})", file=sys.stderr)
-        if rendezvous is not None and any(_NOT_MET.search(line) for line in lines):
-            print(f"hint: the nodes did not all meet at {rendezvous.endpoint}: start the command on every node, "
-                  "with the same --nnodes, --rdzv-endpoint and --rdzv-id, and check that this node reaches that "
-                  "address and port", file=sys.stderr)
         return 1
     kept = [line for line in lines if not _TORCHRUN_LOG.match(line)]  # workers' own warnings
     if kept:

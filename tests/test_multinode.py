@@ -96,3 +96,18 @@ def test_each_node_says_once_how_the_run_ended(capsys, report, elsewhere, says):
     assert code == (report or (0,))[0]
     err = capsys.readouterr().err
     assert says in err and (says or err == "")
+
+
+@pytest.mark.parametrize("last", ["torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError",
+                                  "torch.distributed.DistNetworkError: The client socket has timed out after 600000ms "
+                                  "while trying to connect to (head, 29400)."])
+def test_nodes_that_never_met_say_so_in_two_lines(capsys, last):
+    """torchrun's traceback when the rendezvous timed out (c10d) or the store was out of reach (static), as it
+    prints them: only its last line is shown."""
+    from specdsl.launch import _outcome
+    log = ["Traceback (most recent call last):", "frame #2: c10::DistNetworkError::DistNetworkError(...)", last]
+    assert _outcome(1, None, [], log, Rendezvous("2", "head:29400", "c10d"), True) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: the nodes did not meet at head:29400: {last}" and err[1].startswith("hint: start")
+    assert len(err) == 2
+

@@ -172,21 +172,32 @@ def _prepare_every_rank(spec_path: str, preset: str | None, overrides: dict, fla
             followed, problem = None, e
         _stop_unless_all_followed(problem, rank, world)
         return followed
+    run = None
     try:
         session = prepare(spec_path, preset, overrides, flags, resume, world, lora)
         check_dtype(session.config.dtype, device)
         run = start(session)
+        shared = _for_the_followers(session, run)
     except BaseException:
+        if run is not None:
+            run.unlock()
         _from_rank_zero(None, world)
         raise
     try:
-        _from_rank_zero({"seen": asdict(RunSeen.of(run, session.plan.last_step)), "config": asdict(session.config),
-                         "resuming": session.resuming}, world)
+        _from_rank_zero(shared, world)
         _stop_unless_all_followed(None, rank, world)
     except BaseException:
         run.unlock()
         raise
     return session, run
+
+
+def _for_the_followers(session: Session, run: rundir.RunDir) -> dict:
+    """What rank 0 tells the other ranks (session.follow reads the rest from the run directory)."""
+    config = asdict(session.config)  # paths as absolute as the run's: another node may start elsewhere
+    config["init_from"] = config["init_from"] and os.path.abspath(config["init_from"])
+    return {"seen": asdict(RunSeen.of(run, session.plan.last_step)), "config": config,
+            "resuming": session.resuming}
 
 
 def _stop_unless_all_followed(problem: SpecError | None, rank: int, world: int) -> None:
