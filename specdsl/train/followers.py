@@ -20,9 +20,9 @@ from . import rundir
 
 SHARED_HINT = ("on several machines --out must be a folder every node sees at the same path, on a filesystem they "
                "share (NFS, Lustre, ...); rank 0 alone writes into it")
-# NFS clients cache attributes for 3 to 60 s (nfs(5), acregmin..acdirmax): a file rank 0 wrote a moment ago may need
-# that long to appear on another node.
-WAIT_S = 30.0
+# NFS clients cache attributes, a folder's for up to acdirmax, 60 s by default (nfs(5)): a file rank 0 wrote a moment
+# ago may need that long to appear on another node.
+WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,17 @@ class RunSeen:
         """What this process sees that differs from rank 0's run, or None."""
         run = rundir.RunDir(self.out)
         if not os.path.isdir(self.out):
-            return f"there is no folder '{self.out}' here"
+            return f"no folder '{self.out}'"
         if not os.path.lexists(run.path / rundir.RECORD):
             return f"'{self.out}' holds no {rundir.RECORD}"
         if rundir.sha256(run.read_bytes(rundir.RECORD)) != self.record_sha256:
-            return f"'{run.path / rundir.RECORD}' here is not the one rank 0 wrote (another run at the same path?)"
+            return f"'{run.path / rundir.RECORD}' is not the one rank 0 wrote (another run at the same path?)"
         if self.last_step is not None:
             last = run.complete("last")
             step = run.read_json(last.relative_to(run.path) / rundir.MARKER)["step"] if last else None
             if step != self.last_step:
                 here = "missing" if step is None else f"of step {step}"
-                return f"the last checkpoint of '{self.out}' here is {here}; rank 0 resumes from step {self.last_step}"
+                return f"the last checkpoint of '{self.out}' is {here}; rank 0 resumes from step {self.last_step}"
         return None
 
     def wait(self, wait_s: float = WAIT_S) -> None:
@@ -59,7 +59,7 @@ class RunSeen:
         deadline = time.monotonic() + wait_s
         while (problem := self.problem()) is not None:
             if time.monotonic() > deadline:
-                raise SpecError(f"this node cannot see the run directory rank 0 started: {problem}",
+                raise SpecError(f"cannot see the run directory rank 0 started: {problem}",
                                 Span("--out", 0, 0), hint=SHARED_HINT)
             time.sleep(0.5)
 
@@ -77,4 +77,4 @@ def failures(problem: SpecError | None, world: int) -> list[tuple]:
 def as_error(failure: tuple) -> SpecError:
     """Another rank's problem, said by rank 0."""
     rank, host, message, where, hint = failure
-    return SpecError(f"rank {rank} (on {host}) cannot follow the run: {message}", Span(where, 0, 0), hint=hint)
+    return SpecError(f"rank {rank} (on {host}): {message}", Span(where, 0, 0), hint=hint)
