@@ -241,6 +241,37 @@ def test_two_nodes_match_two_processes_on_one(tmp_path, specc_cmd, ddp_on_one_no
     assert rendezvous == "c10d" or printing == [0]
 
 
+def _can_hide_a_folder() -> bool:
+    """Whether this machine lets a process mount over a folder in a mount namespace of its own (unprivileged user
+    namespaces): how a test shows a node a filesystem the others do not share."""
+    import shutil
+    return bool(shutil.which("unshare")) and subprocess.run(["unshare", "--mount", "--map-root-user", "true"],
+                                                            capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux" or not _can_hide_a_folder(), reason="unshare --mount --map-root-user")
+def test_a_node_that_does_not_share_the_run_directory_stops_the_run_with_its_name(tmp_path, specc_cmd):
+    """Node 1 runs where an empty filesystem is mounted over the folder of --out, as a machine without the shared
+    filesystem would see it: after waiting for it (followers.WAIT_S, 60 s) both nodes stop with exit code 2 and
+    say why, instead of hanging or crashing in a read."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    meet = ["--out", str(shared / "run"), "--nproc", "1", "--nnodes", "2",
+            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
+    node1 = ["unshare", "--mount", "--map-root-user", "sh", "-c", f'mount -t tmpfs none "{shared}" && exec "$@"',
+             "node1"]
+    nodes = [subprocess.Popen(prefix + specc_cmd + DISTRIBUTED + meet + ["--node-rank", str(k)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for k, prefix in ((0, []), (1, node1))]
+    said = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [2, 2], said
+    cannot = f"cannot see the run directory rank 0 started: no folder '{shared / 'run'}'"
+    assert said[0][1].startswith("--out: error: rank 1 (on ") and cannot in said[0][1]
+    assert said[1][1].startswith(f"--out: error: {cannot}") and "filesystem they share" in said[1][1]
+    assert "Traceback" not in said[0][1] + said[1][1]
+
+
 def test_lenet_trains_on_32x32_digits_and_bf16_and_accumulation_run(tmp_path):
     lenet = run(tmp_path / "lenet", 30, spec="lenet5.spec", sets={}, batch=16, lr=3e-3, eval_every=30)
     assert lenet["best_val_loss"] < 2.3  # below chance (ln 10 = 2.30)
