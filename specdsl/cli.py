@@ -182,7 +182,7 @@ def train_cmd(
                  eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, decay_steps=decay_steps,
                  dtype=dtype, fsdp=fsdp or None, init_from=init_from)
     from .launch import register_worker
-    from .train.loop import ReportedByRankZero, TrainingInterrupted, train
+    from .train.loop import PeerLost, ReportedByRankZero, TrainingInterrupted, train
     register_worker()
     try:
         train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume, log_every=log_every,
@@ -191,6 +191,8 @@ def train_cmd(
         _fail(e)
     except ReportedByRankZero:
         _exit(EXIT_SPEC_ERROR)
+    except PeerLost as e:
+        _exit(EXIT_FAILURE, str(e))
     except TrainingInterrupted as e:
         _exit(128 + e.signum)
 

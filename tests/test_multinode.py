@@ -113,3 +113,24 @@ def test_nodes_that_never_met_say_so_in_two_lines(capsys, last):
     assert err[0] == f"error: the nodes did not meet at head:29400: {last}" and err[1].startswith("hint: start")
     assert len(err) == 2
 
+
+def test_a_process_that_vanished_is_said_as_such_not_as_a_bug_of_specc():
+    """What gloo raised on node 0 when node 1's processes were killed (SIGKILL) mid-run, measured: one paragraph
+    naming the checkpoint to resume from (the CLI exits 1: a failure that is not the input's), where it was
+    `specc: internal error ... this is a bug in specc`."""
+    pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from specdsl.train.loop import PeerLost, _peer_lost
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5019: Connection reset by peer. "
+                        "This is typically caused by a remote worker hanging")
+    with pytest.raises(PeerLost, match=r"(?s)another process of this run stopped .* Connection reset by peer.*"
+                                       r"the last checkpoint \(step 200\) is whole; continue with --resume"):
+        with _peer_lost(2, SimpleNamespace(saved_step=200)):
+            raise gone
+    for world, error in ((1, gone), (2, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))):
+        with pytest.raises(RuntimeError) as kept:  # one process, or another error: as it was
+            with _peer_lost(world, SimpleNamespace(saved_step=0)):
+                raise error
+        assert kept.value is error
+

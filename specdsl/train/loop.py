@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -60,6 +61,31 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class ReportedByRankZero(Exception):
     """Raised on the other ranks when rank 0 failed: rank 0 reports the error, once."""
+
+
+class PeerLost(Exception):
+    """Another process of the run stopped without a word (killed, or its machine lost): not the input's fault, and
+    not a bug of specc. The message says so in one paragraph."""
+
+
+# What gloo and nccl say when the process at the other end of a collective is gone (gloo's tcp/pair.cc: "Read error
+# ...: Connection reset by peer"; nccl: "remote process exited", an aborted communicator).
+_GONE = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|communicator was aborted")
+
+
+@contextlib.contextmanager
+def _peer_lost(world: int, trainer):
+    """A collective that fails because another process is gone becomes PeerLost, naming what is saved."""
+    try:
+        yield
+    except RuntimeError as e:
+        if world == 1 or not _GONE.search(str(e)):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        saved = f"step {trainer.saved_step}" if trainer.saved_step else "none yet"
+        raise PeerLost(f"error: another process of this run stopped (killed, or its machine lost): {first}\n"
+                       f"hint: the last checkpoint ({saved}) is whole; continue with --resume, on every node") \
+            from None
 
 
 class _StopRequest:
@@ -153,7 +179,8 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
             if progress:
                 trainer.log_every = report.default_log_every(session.config.eval_every) if log_every is None \
                     else log_every
-            wall = trainer.fit(stop, progress, tensorboard)
+            with _peer_lost(world, trainer):
+                wall = trainer.fit(stop, progress, tensorboard)
             return trainer.summarize(wall)
     finally:
         run.unlock()
