@@ -107,6 +107,11 @@ def compile_(
         _fail(e)
 
 
+SEVERAL_MACHINES = "Several machines (docs/training.md)"
+# The options of `specc train` that the launcher turns into torchrun's (launch.py, rendezvous.py); each takes a value.
+LAUNCHER_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id", "--rdzv-backend")
+
+
 @app.command("train")
 def train_cmd(
     spec: str = typer.Argument(..., help="The spec file."),
@@ -122,8 +127,23 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed: a CPU run is deterministic."),
     out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/<model>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes, through torchrun (DDP; gloo on CPU)."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Processes, through torchrun (DDP; gloo on "
+                                        "CPU); with --nnodes, on each node."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard parameters with FSDP2 (with --nproc)."),
+    nnodes: Optional[str] = typer.Option(None, "--nnodes", metavar="N|MIN:MAX", rich_help_panel=SEVERAL_MACHINES,
+                                         help="Machines the run spans: run the command on each, with the same "
+                                              "--rdzv-endpoint; --out on a filesystem they share."),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", min=0, rich_help_panel=SEVERAL_MACHINES,
+                                            help="This machine's number, 0 to N-1 (torchrun's static rendezvous; "
+                                                 "without it the nodes are numbered as they join, c10d)."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", metavar="HOST:PORT",
+                                                rich_help_panel=SEVERAL_MACHINES,
+                                                help="Where the nodes meet: one node's address and a free port."),
+    rdzv_id: Optional[str] = typer.Option(None, "--rdzv-id", rich_help_panel=SEVERAL_MACHINES,
+                                          help="A name for the run, the same on every node."),
+    rdzv_backend: Optional[str] = typer.Option(None, "--rdzv-backend", metavar="c10d|static",
+                                               rich_help_panel=SEVERAL_MACHINES,
+                                               help="c10d (default), or static with --node-rank (the default then)."),
     init_from: Optional[str] = typer.Option(None, "--init-from",
                                             help="Start from these weights (fine-tuning): a Hugging Face checkpoint "
                                                  "folder, a .safetensors file or a specc run directory."),
@@ -147,14 +167,22 @@ def train_cmd(
     lora_dropout: Optional[float] = LORA_DROPOUT,
 ) -> None:
     """Train a spec: checkpoints, evaluation on held-out data, a loss plot and a summary."""
-    if nproc > 1:
+    from .rendezvous import check
+    try:
+        rendezvous = check(nproc, nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend)
+    except SpecError as e:
+        _fail(e)
+    if (nproc or 1) > 1 or rendezvous is not None:
         from .launch import launch
-        raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
+        argv = sys.argv[1:]
+        for launcher_only in LAUNCHER_OPTIONS:  # the workers must not start workers again
+            argv = _without_option(argv, launcher_only)
+        raise typer.Exit(launch(nproc, argv, rendezvous))
     flags = dict(data=data, tokenizer=tokenizer, steps=steps, batch=batch, lr=lr, seed=seed, out=out,
                  eval_every=eval_every, patience=patience, accum=accum, warmup=warmup, decay_steps=decay_steps,
                  dtype=dtype, fsdp=fsdp or None, init_from=init_from)
     from .launch import register_worker
-    from .train.loop import ReportedByRankZero, TrainingInterrupted, train
+    from .train.loop import PeerLost, ReportedByRankZero, TrainingInterrupted, train
     register_worker()
     try:
         train(spec, preset=preset, overrides=_overrides(sets), flags=flags, resume=resume, log_every=log_every,
@@ -163,12 +191,14 @@ def train_cmd(
         _fail(e)
     except ReportedByRankZero:
         _exit(EXIT_SPEC_ERROR)
+    except PeerLost as e:
+        _exit(EXIT_FAILURE, str(e))
     except TrainingInterrupted as e:
         _exit(128 + e.signum)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
-    """argv less `name VALUE` and `name=VALUE`: the workers torchrun starts must not start workers again."""
+    """argv less `name VALUE` and `name=VALUE`."""
     out, skip = [], False
     for arg in argv:
         if skip:

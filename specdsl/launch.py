@@ -1,4 +1,5 @@
-"""`specc train --nproc N`: the same command run by N processes through torchrun, reported as one command.
+"""`specc train --nproc N`: the same command run by N processes through torchrun, reported as one command; with
+--nnodes, by N processes on each of several machines, each running this launcher (rendezvous.py says how they meet).
 
 torchrun prints a traceback of its own whenever a worker exits non-zero, and every worker would print the same
 error. So the workers write their report (exit code, message) into a folder instead of printing it
@@ -6,6 +7,8 @@ error. So the workers write their report (exit code, message) into a folder inst
 kept back and shown only when it failed without any report (a crash of torchrun or of a worker before it could
 report). Signals: torchrun runs in its own session, so Ctrl-C reaches it once, from here: the workers finish their
 step, save it and stop; a second Ctrl-C kills torchrun and the workers at once (the checkpoint on disk is whole).
+On several machines the report folder is each node's own: the node that holds rank 0 prints its report, the others
+stay quiet after a run that succeeded, and otherwise say in one line that rank 0's node tells why the run stopped.
 """
 
 from __future__ import annotations
@@ -18,15 +21,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .rendezvous import Rendezvous
+
 REPORTS = "SPECC_REPORTS"
 # torchrun's own lines: glog-style log lines of torch.distributed's logger, and its OMP_NUM_THREADS banner.
 _TORCHRUN_LOG = re.compile(r"^([DIWEF]\d{4} [\d:.]+ \d+ .*\] |\*{10,}$|Setting OMP_NUM_THREADS environment variable)")
 
+# torchrun's last line when the nodes never met: its rendezvous' error (c10d), or its store's (static), as
+# torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError or torch.distributed.DistNetworkError: The client
+# socket has timed out after 600000ms while trying to connect to (HOST, PORT).
+_NOT_MET = re.compile(r"^torch\.[\w.]*(Rendezvous\w*Error|DistStoreError|DistNetworkError)\b")
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run `specc ARGV` in `nproc` processes; returns the exit code to use."""
+
+def launch(nproc: int, argv: list[str], rendezvous: Rendezvous | None = None) -> int:
+    """Run `specc ARGV` in `nproc` processes (on this node of `rendezvous`, when given); returns the exit code."""
+    meet = rendezvous.torchrun_args() if rendezvous is not None else ["--standalone"]
     with tempfile.TemporaryDirectory(prefix="specc-reports-") as reports, tempfile.TemporaryFile() as log:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", *meet, f"--nproc_per_node={nproc}",
                "-m", "specdsl.cli"] + argv
         env = {**os.environ, "PYTHONUNBUFFERED": "1", REPORTS: reports}
         proc = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
@@ -46,16 +57,32 @@ def launch(nproc: int, argv: list[str]) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         report = _first_report(Path(reports))
+        elsewhere = rendezvous is not None and not Path(reports, "pid.0").exists()  # rank 0 runs on another node
         log.seek(0)
         lines = log.read().decode("utf-8", errors="replace").splitlines()
+    return _outcome(code, report, received, lines, rendezvous, elsewhere)
+
+
+def _outcome(code: int, report: tuple[int, str] | None, received: list[int], lines: list[str],
+             rendezvous: Rendezvous | None, elsewhere: bool) -> int:
+    """Say once how the run ended, and return the exit code: the workers' report, else what torchrun's log tells."""
     if report is not None:
         code, message = report
         if message:
             print(message, file=sys.stderr)
+        elif code and elsewhere:
+            print(_stopped_elsewhere(code), file=sys.stderr)
         return code
     if received:  # stopped before a worker could report: what is on disk is a whole checkpoint, or none yet
         print("interrupted; continue with --resume", file=sys.stderr)
         return 128 + received[0]
+    not_met = [line for line in lines if _NOT_MET.match(line)] if rendezvous is not None else []
+    if code != 0 and not_met:  # torchrun's traceback says no more than its last line
+        print(f"error: the nodes did not meet at {rendezvous.endpoint}: {not_met[-1].strip()}\n"
+              "hint: start the command on every node within torchrun's 10 minutes, with the same --nnodes, "
+              "--rdzv-endpoint and --rdzv-id, and check that each node reaches that address and port",
+              file=sys.stderr)
+        return 1
     if code != 0:
         print("\n".join(lines[-40:]), file=sys.stderr)
         print(f"error: the training processes failed (torchrun exited with {code})", file=sys.stderr)
@@ -64,6 +91,14 @@ def launch(nproc: int, argv: list[str]) -> int:
     if kept:
         print("\n".join(kept), file=sys.stderr)
     return 0
+
+
+def _stopped_elsewhere(code: int) -> str:
+    """What a node without rank 0 says when its workers stopped because the run did (rank 0 printed why)."""
+    if code > 128:
+        return ("interrupted: the run stopped after saving its last step (a signal reached one of its nodes); "
+                "continue with --resume, on every node")
+    return "error: the run stopped; the node that runs rank 0 says why"
 
 
 def _kill_all(torchrun: int, reports: Path) -> None:

@@ -94,6 +94,20 @@ def setting_type(name: str):
     return hints[str(annotation).split(" ")[0]]
 
 
+# A LoRA run's adapters are not decayed unless a setting says so (`train { weight_decay = 0.01 }`): decay pulls them
+# towards zero, that is towards the base model. Hugging Face's TrainingArguments.weight_decay defaults to 0.0 (read
+# from transformers 5.24), which peft's LoRA examples train with, and so do peft's LoRA optimizers (LoRA-FA's
+# weight_decay: 0.0).
+LORA_WEIGHT_DECAY = 0.0
+
+
+def with_lora_defaults(config: TrainConfig, spec_section: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
+    """A new LoRA run's settings: weight_decay LORA_WEIGHT_DECAY unless the spec's train section or a flag sets it."""
+    if spec_section.get("weight_decay") is not None or flags.get("weight_decay") is not None:
+        return config
+    return replace(config, weight_decay=LORA_WEIGHT_DECAY)
+
+
 def resolve_config(spec_section: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig()
     known = set(TrainConfig.names())

@@ -115,7 +115,12 @@ def test_train_arguments(world, tmp_path_factory, data):
                      "--eval-every": NUMBERS, "--tokenizer": st.sampled_from(["char", "byte", "bpe", ""]),
                      "--dtype": st.sampled_from(["fp32", "bf16", "fp8", ""]), "--preset": TEXT,
                      "--set": st.sampled_from(["vocab=5", "d=0", "ctx=10**30", "heads=3", "x", "=", "dropout=2"]),
-                     "--nproc": st.sampled_from(["0", "-1", "x", "1"])}, data.draw)
+                     "--nproc": st.sampled_from(["0", "-1", "x", "1"]),
+                     # never a whole rendezvous (the endpoint is always wrong): nothing is launched, nothing waits
+                     "--nnodes": st.sampled_from(["2", "1:4", "0", "x", "3:1", ""]),
+                     "--node-rank": st.sampled_from(["0", "1", "-1", "x"]),
+                     "--rdzv-endpoint": st.sampled_from(["head", "head:x", "head:0", ":29400", "", "h:99999"])},
+                    data.draw)
     args += ["--resume"] if data.draw(st.booleans()) else []
     check(args)
 

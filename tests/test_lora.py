@@ -7,7 +7,10 @@ exports to ONNX equal to the unmerged one; sample works on it. Mistakes are loca
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from test_hf_logits_parity import gpt2, llama, perturb
@@ -290,6 +293,7 @@ def test_a_lora_run_trains_only_its_adapters_and_stores_only_them(tmp_path):
         base = {n: p.detach().clone() for n, p in module.named_parameters() if "lora_" not in n}
         trained = [p for group in trainer.optimizer.param_groups for p in group["params"]]
         assert len(trained) == 8 and all(p.requires_grad for p in trained)  # 4 matrices, A and B each
+        assert {g["weight_decay"] for g in trainer.optimizer.param_groups if g["params"]} == {0.0}  # as HF's Trainer
         records = [trainer.step(step) for step in range(3)]
     finally:
         run.unlock()
@@ -300,6 +304,10 @@ def test_a_lora_run_trains_only_its_adapters_and_stores_only_them(tmp_path):
     assert all(torch.equal(p, base[n]) for n, p in module.named_parameters() if n in base)
     assert all(not p.requires_grad for n, p in module.named_parameters() if n in base)
     assert all(p.abs().max() > 0 for n, p in module.named_parameters() if ".lora_B." in n)  # they trained
+
+    decayed = prepare(str(SPECS / "gpt2.spec"), None, dict(SIZES["gpt2"], dropout=0.0),
+                      {**flags, "weight_decay": 0.05, "out": str(tmp_path / "decayed")}, False, 1, TARGETS)
+    assert decayed.config.weight_decay == 0.05  # a setting that asks for decay has it
 
     out = tmp_path / "run"
     lora_run(folder, corpus, out, 4)
@@ -331,6 +339,58 @@ def test_a_lora_run_resumes_bit_for_bit(tmp_path):
         train(str(SPECS / "gpt2.spec"), overrides=dict(SIZES["gpt2"], dropout=0.0), progress=False, console=quiet(),
               resume=True, lora={**TARGETS, "rank": 8}, flags={"out": str(tmp_path / "split"), "steps": 8})
     assert e.value.span.file == "--lora"
+
+
+def test_adapters_are_not_decayed_unless_a_setting_says_so():
+    """peft's examples train with Hugging Face's TrainingArguments, whose weight_decay is 0; other runs keep 0.1."""
+    from specdsl.settings import TrainConfig, with_lora_defaults
+    assert TrainConfig().weight_decay == 0.1 and transformers.TrainingArguments("x").weight_decay == 0.0
+    assert with_lora_defaults(TrainConfig(), {}, {}).weight_decay == 0.0
+    assert with_lora_defaults(TrainConfig(weight_decay=0.01), {"weight_decay": 0.01}, {}).weight_decay == 0.01
+    assert with_lora_defaults(TrainConfig(weight_decay=0.1), {}, {"weight_decay": 0.1}).weight_decay == 0.1
+    assert with_lora_defaults(TrainConfig(), {"steps": 5}, {"weight_decay": None}).weight_decay == 0.0
+
+
+def adapters_of(out) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(out / "last" / "model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
+def test_two_processes_train_the_adapters_as_one_does(tmp_path, specc_cmd):
+    """--nproc 2 over a frozen base: DDP (which reduces the gradients of the adapters alone), and FSDP2 (fully_shard
+    keeps frozen and trained parameters in one unit) stopped after 2 steps and resumed, each with the same global
+    batch as one process. The same batches, but each rank's loss is the mean of half of it and the gradients are
+    averaged across ranks, so float32 sums run in another order: 1e-5 on the losses (measured 5e-7), 1e-3 on the
+    adapters (Adam divides each gradient by its own scale, so where one is near zero its rounding noise moves the
+    weight by up to the learning rate: measured 2.5e-4 on 128 of 3,456 values at lr 0.05, under 1e-6 elsewhere)."""
+    folder, _, corpus = hf_folder(tmp_path, "gpt2")
+    lora = {**TARGETS, "dropout": 0.0}  # with adapter dropout each rank would draw other masks for its half
+    lora_run(folder, corpus, tmp_path / "one", 4, lora=lora, lr=0.05, warmup=0, eval_batches=20)
+    sets = [f"--set={k}={v}" for k, v in {**SIZES["gpt2"], "dropout": 0.0}.items()]
+    args = ["train", str(SPECS / "gpt2.spec"), *sets, "--init-from", str(folder), "--data", str(corpus),
+            "--lora", "4", "--lora-alpha", "8", "--lora-targets", lora["targets"], "--batch", "4", "--seed", "7",
+            "--eval-every", "2", "--decay-steps", "6", "--lr", "0.05", "--warmup", "0", "--nproc", "2"]
+
+    def two(out, steps, *flags):
+        done = subprocess.run(specc_cmd + args + ["--out", str(out), "--steps", str(steps), *flags],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    two(tmp_path / "ddp", 4)
+    two(tmp_path / "fsdp", 2, "--fsdp")
+    two(tmp_path / "fsdp", 4, "--fsdp", "--resume")
+    one = adapters_of(tmp_path / "one")
+    assert min(one[k].abs().max() for k in one if ".lora_B." in k) > 0.05  # they trained (B starts at zero)
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["config"]["weight_decay"] == 0.0
+    for run in ("ddp", "fsdp"):
+        losses = [[json.loads(line)["train_loss"] for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+                  for r in ("one", run)]
+        assert len(losses[1]) == 4 and max(abs(a - b) for a, b in zip(*losses)) <= 1e-5, losses
+        stored = adapters_of(tmp_path / run)  # the adapters only, whole tensors whatever the sharding
+        assert stored.keys() == one.keys() and all(torch.allclose(stored[k], one[k], atol=1e-3) for k in one)
+        assert json.loads((tmp_path / run / "summary.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.slow

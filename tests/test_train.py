@@ -182,21 +182,94 @@ def one_process(tmp_path_factory):
     return out
 
 
+def two_processes(specc_cmd, out, *flags):
+    """`specc train` of the distributed test run, with these flags (--nproc 2; --fsdp), in a process of its own."""
+    done = subprocess.run(specc_cmd + DISTRIBUTED + ["--out", str(out), *flags], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp_on_one_node(tmp_path_factory, specc_cmd):
+    """The run on two processes of one machine (DDP), which two machines of one process each must equal."""
+    return two_processes(specc_cmd, tmp_path_factory.mktemp("ddp") / "two", "--nproc", "2")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, specc_cmd, one_process, sharding):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(specc_cmd + DISTRIBUTED + ["--out", str(tmp_path / "two"), "--nproc", "2"] + sharding,
-                         capture_output=True, text=True, env=env)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = losses(one_process), losses(tmp_path / "two")
+def test_two_processes_match_one(tmp_path, specc_cmd, one_process, sharding, request):
+    two = request.getfixturevalue("ddp_on_one_node") if not sharding else \
+        two_processes(specc_cmd, tmp_path / "two", "--nproc", "2", *sharding)
+    a, b = losses(one_process), losses(two)
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
     # the checkpoint holds whole tensors, whatever the sharding: it loads into one process
     specdsl.train.checkpoint.load_weights_into(specdsl.to_torch(specdsl.load(
-        SPECS / "nanogpt-shakespeare.spec", overrides={**TINY, "vocab": 37})), tmp_path / "two" / "last")
+        SPECS / "nanogpt-shakespeare.spec", overrides={**TINY, "vocab": 37})), two / "last")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_two_nodes_match_two_processes_on_one(tmp_path, specc_cmd, ddp_on_one_node, rendezvous):
+    """Two `specc train --nnodes 2 --nproc 1` started together, as on two machines sharing the run directory: the
+    same algorithm as --nproc 2 (DDP over gloo, two ranks), so the same losses and checkpoint, bit for bit. The
+    node that holds rank 0 prints the run; the other stays quiet and exits 0."""
+    out = tmp_path / "shared"
+    meet = ["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test"]
+    nodes = [subprocess.Popen(specc_cmd + DISTRIBUTED + ["--out", str(out), *meet]
+                              + (["--node-rank", str(k)] if rendezvous == "static" else []),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for k in (0, 1)]
+    said = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], said
+    assert losses(out) == losses(ddp_on_one_node)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert (out / "last" / name).read_bytes() == (ddp_on_one_node / "last" / name).read_bytes()
+    printing = [k for k, (stdout, _) in enumerate(said) if "summary" in stdout]
+    assert len(printing) == 1 and said[1 - printing[0]] == ("", "")  # static: node 0; c10d: whichever got rank 0
+    assert rendezvous == "c10d" or printing == [0]
+
+
+def _can_hide_a_folder() -> bool:
+    """Whether this machine lets a process mount over a folder in a mount namespace of its own (unprivileged user
+    namespaces): how a test shows a node a filesystem the others do not share."""
+    import shutil
+    return bool(shutil.which("unshare")) and subprocess.run(["unshare", "--mount", "--map-root-user", "true"],
+                                                            capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux" or not _can_hide_a_folder(), reason="unshare --mount --map-root-user")
+def test_a_node_that_does_not_share_the_run_directory_stops_the_run_with_its_name(tmp_path, specc_cmd):
+    """Node 1 runs where an empty filesystem is mounted over the folder of --out, as a machine without the shared
+    filesystem would see it: after waiting for it (followers.WAIT_S, 60 s) both nodes stop with exit code 2 and
+    say why, instead of hanging or crashing in a read."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    meet = ["--out", str(shared / "run"), "--nproc", "1", "--nnodes", "2",
+            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
+    node1 = ["unshare", "--mount", "--map-root-user", "sh", "-c", f'mount -t tmpfs none "{shared}" && exec "$@"',
+             "node1"]
+    nodes = [subprocess.Popen(prefix + specc_cmd + DISTRIBUTED + meet + ["--node-rank", str(k)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for k, prefix in ((0, []), (1, node1))]
+    said = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [2, 2], said
+    cannot = f"cannot see the run directory rank 0 started: no folder '{shared / 'run'}'"
+    assert said[0][1].startswith("--out: error: rank 1 (on ") and cannot in said[0][1]
+    assert said[1][1].startswith(f"--out: error: {cannot}") and "filesystem they share" in said[1][1]
+    assert "Traceback" not in said[0][1] + said[1][1]
 
 
 def test_lenet_trains_on_32x32_digits_and_bf16_and_accumulation_run(tmp_path):

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -33,6 +34,7 @@ from ..text import printable
 from . import checkpoint, report, rundir
 from .data import TokenData
 from .device import autocast, check_dtype, grad_scaler, process_group_backend, resolve_device
+from .followers import RunSeen, as_error, failures
 from .session import Session, follow, prepare, start
 from .tasks import Classification, Seq2Seq, language_task
 
@@ -59,6 +61,31 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class ReportedByRankZero(Exception):
     """Raised on the other ranks when rank 0 failed: rank 0 reports the error, once."""
+
+
+class PeerLost(Exception):
+    """Another process of the run stopped without a word (killed, or its machine lost): not the input's fault, and
+    not a bug of specc. The message says so in one paragraph."""
+
+
+# What gloo and nccl say when the process at the other end of a collective is gone (gloo's tcp/pair.cc: "Read error
+# ...: Connection reset by peer"; nccl: "remote process exited", an aborted communicator).
+_GONE = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|communicator was aborted")
+
+
+@contextlib.contextmanager
+def _peer_lost(world: int, trainer):
+    """A collective that fails because another process is gone becomes PeerLost, naming what is saved."""
+    try:
+        yield
+    except RuntimeError as e:
+        if world == 1 or not _GONE.search(str(e)):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        saved = f"step {trainer.saved_step}" if trainer.saved_step else "none yet"
+        raise PeerLost(f"error: another process of this run stopped (killed, or its machine lost): {first}\n"
+                       f"hint: the last checkpoint ({saved}) is whole; continue with --resume, on every node") \
+            from None
 
 
 class _StopRequest:
@@ -152,7 +179,8 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
             if progress:
                 trainer.log_every = report.default_log_every(session.config.eval_every) if log_every is None \
                     else log_every
-            wall = trainer.fit(stop, progress, tensorboard)
+            with _peer_lost(world, trainer):
+                wall = trainer.fit(stop, progress, tensorboard)
             return trainer.summarize(wall)
     finally:
         run.unlock()
@@ -161,21 +189,56 @@ def train(spec_path: str, preset: str | None = None, overrides: dict | None = No
 def _prepare_every_rank(spec_path: str, preset: str | None, overrides: dict, flags: dict, resume: bool, rank: int,
                         world: int, device: torch.device, lora: dict | None = None) -> tuple[Session, rundir.RunDir]:
     """Rank 0 resolves and checks everything, then starts the run directory; the other ranks read back what it
-    resolved (or stop, when it failed: it reports why, once)."""
+    resolved (or stop, when it failed: it reports why, once). A rank that cannot follow (another machine that does
+    not see the run directory) stops them all, and rank 0 says which it was (train/followers.py)."""
     if rank != 0:
-        return follow(spec_path, _from_rank_zero(None, world))
+        shared = _from_rank_zero(None, world)
+        try:
+            followed, problem = follow(spec_path, shared), None
+        except SpecError as e:
+            followed, problem = None, e
+        _stop_unless_all_followed(problem, rank, world)
+        return followed
+    run = None
     try:
         session = prepare(spec_path, preset, overrides, flags, resume, world, lora)
         check_dtype(session.config.dtype, device)
         run = start(session)
+        shared = _for_the_followers(session, run)
     except BaseException:
+        if run is not None:
+            run.unlock()
         _from_rank_zero(None, world)
         raise
-    _from_rank_zero({"out": str(session.out), "config": asdict(session.config),
-                     "overrides": session.record["overrides"], "preset": session.record["preset"],
-                     "resuming": session.resuming,
-                     "lora": session.compiled.model.lora.settings() if session.compiled.model.lora else None}, world)
+    try:
+        _from_rank_zero(shared, world)
+        _stop_unless_all_followed(None, rank, world)
+    except BaseException:
+        run.unlock()
+        raise
     return session, run
+
+
+def _for_the_followers(session: Session, run: rundir.RunDir) -> dict:
+    """What rank 0 tells the other ranks (session.follow reads the rest from the run directory)."""
+    config = asdict(session.config)  # paths as absolute as the run's: another node may start elsewhere
+    config["init_from"] = config["init_from"] and os.path.abspath(config["init_from"])
+    return {"seen": asdict(RunSeen.of(run, session.plan.last_step)), "config": config,
+            "resuming": session.resuming}
+
+
+def _stop_unless_all_followed(problem: SpecError | None, rank: int, world: int) -> None:
+    """Return when every rank followed rank 0; otherwise the rank that could not raises its error (its node prints
+    it), rank 0 raises the first such error, naming the rank, and the others stop quietly."""
+    if world == 1:
+        return
+    failed = failures(problem, world)
+    if problem is not None:
+        raise problem
+    if failed:
+        if rank == 0:
+            raise as_error(failed[0])
+        raise ReportedByRankZero
 
 
 @dataclass
@@ -439,6 +502,7 @@ class Trainer:
                 self.metrics.flush()
                 checkpoint.save(self.run, "last", self.module, self.optimizer, self.generator,
                                 self.state(self.completed), captured)
+            _barrier(self.world)  # no rank exits before rank 0 saved: torchrun stops the rest when one exits
         self.say(f"\ninterrupted after step {self.completed}; continue with --resume")
         raise TrainingInterrupted(signum)
 

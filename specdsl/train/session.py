@@ -18,12 +18,13 @@ from ..backends.torch_backend import to_torch
 from ..compiled import context_hyperparameter, load, vocabulary_hyperparameter
 from ..contract import contract
 from ..errors import Span, SpecError
-from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config
+from ..settings import RESUME_INVARIANTS, TrainConfig, resolve_config, with_lora_defaults
 from ..system import available_memory
 from ..version import __version__
 from . import adapters, rundir
 from .corpus import open_corpus, splits
 from .data import TokenData, Tokenizer, builtin_text
+from .followers import RunSeen
 from .init import init_source, load_initial_weights
 from .pairs import MAX_LEN, ReversalData
 
@@ -67,6 +68,8 @@ def prepare(spec_path: str, preset: str | None, overrides: dict, flags: dict, re
         _check_unchanged(saved, plan.path, preset, overrides, config, _source_list(probe.model))
         preset, overrides = saved["preset"], dict(saved["overrides"])
         lora = adapters.resumed_settings(saved, probe.model, lora, plan.path)
+    elif probe.model.lora is not None:
+        config = with_lora_defaults(config, probe.model.train, flags)
     adapters.require_base(probe.model, config.init_from)
     if config.batch % world:
         raise SpecError(f"batch {config.batch} is not divisible by {world} processes", Span("--batch", 0, 0))
@@ -307,14 +310,14 @@ def _metrics_until(run: rundir.RunDir, step: int) -> str:
 
 
 def follow(spec_path: str, shared: dict) -> tuple[Session, rundir.RunDir]:
-    """A rank other than 0: the session rank 0 resolved, read back from the run directory it wrote."""
-    run = rundir.RunDir(shared["out"])
-    compiled = load(spec_path, preset=shared["preset"], overrides=shared["overrides"], lora=shared["lora"])
-    record = run.record()
+    """A rank other than 0: the session rank 0 resolved, read back from the run directory it wrote (once this
+    process sees it, which on another machine takes a filesystem they share), compiled from the run's own sources."""
+    seen = RunSeen(**shared["seen"])
+    seen.wait()
+    run = rundir.RunDir(seen.out)
+    compiled, record = rundir.compile_run(run)
     tokenizer = run.tokenizer() if record.get("tokenizer") else None
-    last = run.complete("last")
-    step = run.read_json(last.relative_to(run.path) / rundir.MARKER)["step"] if shared["resuming"] else None
-    plan = rundir.Plan(run.path, "run", record, step)
+    plan = rundir.Plan(run.path, "run", record, seen.last_step)
     config = TrainConfig(**shared["config"])
     pairs = ReversalData(config.seed) if contract(compiled.model).source is not None else None
     torch.manual_seed(config.seed)
