@@ -253,8 +253,8 @@ def _can_hide_a_folder() -> bool:
 @pytest.mark.skipif(sys.platform != "linux" or not _can_hide_a_folder(), reason="unshare --mount --map-root-user")
 def test_a_node_that_does_not_share_the_run_directory_stops_the_run_with_its_name(tmp_path, specc_cmd):
     """Node 1 runs where an empty filesystem is mounted over the folder of --out, as a machine without the shared
-    filesystem would see it: after waiting for it (followers.WAIT_S, 60 s) both nodes stop with exit code 2 and
-    say why, instead of hanging or crashing in a read."""
+    filesystem would see it: after waiting for it (SPECC_SHARED_WAIT_S, 60 s by default; 2 s here) both nodes stop
+    with exit code 2 and say why, instead of hanging or crashing in a read."""
     shared = tmp_path / "shared"
     shared.mkdir()
     meet = ["--out", str(shared / "run"), "--nproc", "1", "--nnodes", "2",
@@ -263,7 +263,8 @@ def test_a_node_that_does_not_share_the_run_directory_stops_the_run_with_its_nam
              "node1"]
     nodes = [subprocess.Popen(prefix + specc_cmd + DISTRIBUTED + meet + ["--node-rank", str(k)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for k, prefix in ((0, []), (1, node1))]
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "SPECC_SHARED_WAIT_S": "2"})
+             for k, prefix in ((0, []), (1, node1))]
     said = [node.communicate(timeout=600) for node in nodes]
     assert [node.returncode for node in nodes] == [2, 2], said
     cannot = f"cannot see the run directory rank 0 started: no folder '{shared / 'run'}'"

@@ -21,8 +21,17 @@ from . import rundir
 SHARED_HINT = ("on several machines --out must be a folder every node sees at the same path, on a filesystem they "
                "share (NFS, Lustre, ...); rank 0 alone writes into it")
 # NFS clients cache attributes, a folder's for up to acdirmax, 60 s by default (nfs(5)): a file rank 0 wrote a moment
-# ago may need that long to appear on another node.
+# ago may need that long to appear on another node. A filesystem mounted with a longer acdirmax sets
+# SPECC_SHARED_WAIT_S (seconds) to match.
 WAIT_S = 60.0
+WAIT_ENV = "SPECC_SHARED_WAIT_S"
+
+
+def wait_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ[WAIT_ENV]))
+    except (KeyError, ValueError):
+        return WAIT_S
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,10 @@ class RunSeen:
                 return f"the last checkpoint of '{self.out}' is {here}; rank 0 resumes from step {self.last_step}"
         return None
 
-    def wait(self, wait_s: float = WAIT_S) -> None:
-        """Return once this process sees the run as rank 0 does; a SpecError after `wait_s` seconds."""
-        deadline = time.monotonic() + wait_s
+    def wait(self, wait_s: float | None = None) -> None:
+        """Return once this process sees the run as rank 0 does; a SpecError after `wait_s` seconds (default:
+        wait_seconds())."""
+        deadline = time.monotonic() + (wait_seconds() if wait_s is None else wait_s)
         while (problem := self.problem()) is not None:
             if time.monotonic() > deadline:
                 raise SpecError(f"cannot see the run directory rank 0 started: {problem}",
