@@ -316,7 +316,7 @@ def run() -> None:
 
 def run_process() -> None:
     """The console script and `python -m specdsl.cli`: `run`, then the process ends without the interpreter's
-    teardown once torch is loaded (quick_exit.py: ~1.4 s of CPU a training run). Tests call `run` in-process."""
+    teardown once torch is loaded (quick_exit.py says what it saves). Tests call `run` in-process."""
     from .quick_exit import leave
     try:
         run()
