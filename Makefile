@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/compile_speed.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/shakespeare.py
+	$(BIN)/python bench/run_cost.py
 	$(BIN)/python bench/inference.py
 
 clean:

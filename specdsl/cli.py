@@ -344,5 +344,16 @@ def run() -> None:
                             "rerun with `specc --debug ...` for the traceback and report it")
 
 
+def run_process() -> None:
+    """The console script and `python -m specdsl.cli`: `run`, then the process ends without the interpreter's
+    teardown once torch is loaded (quick_exit.py says what it saves). Tests call `run` in-process."""
+    from .quick_exit import leave
+    try:
+        run()
+    except SystemExit as e:
+        leave(e.code)
+    leave(None)
+
+
 if __name__ == "__main__":
-    run()
+    run_process()

@@ -52,6 +52,9 @@ def test_learns_on_builtin_data_and_writes_the_run(tmp_path):
                 "trainer.json"} <= names
     trainer = json.loads((tmp_path / "r" / "last" / "trainer.json").read_text())
     assert trainer["step"] == 60 and trainer["tokenizer"]["kind"] == "char" and len(trainer["spec_hash"]) == 64
+    # One checkpoint's bytes a save: when the last step is the best, last/ links best/'s files (no second write).
+    same = {p.name: os.path.samefile(p, tmp_path / "r" / "last" / p.name) for p in (tmp_path / "r" / "best").iterdir()}
+    assert all(same.values()) == (summary["best_step"] == 60) and len(same) == 5
     assert (tmp_path / "r" / "spec.spec").read_text() == (SPECS / "nanogpt-shakespeare.spec").read_text()
     plot = ET.fromstring((tmp_path / "r" / "loss.svg").read_text())  # a whole SVG: it parses
     lines = plot.findall("{http://www.w3.org/2000/svg}polyline")

@@ -8,7 +8,8 @@ A checkpoint is a folder (`last/`, `best/`):
     rng.safetensors         torch's CPU (and CUDA) generator states and the batch generator's state
     trainer.json            step, best validation loss, settings, tokenizer, spec source and hash, Python's RNG
 It is written into a temporary folder of the run directory, every file fsynced, then swapped in by renames
-(train/rundir.py: a crash at any point leaves a whole checkpoint, which `RunDir.complete` finds).
+(train/rundir.py: a crash at any point leaves a whole checkpoint, which `RunDir.complete` finds). When `best` and
+`last` are the same step, `last` links `best`'s files (`duplicate`): one checkpoint's bytes written, as nanoGPT's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -87,6 +89,26 @@ def save(run, name: str, module: torch.nn.Module, optimizer: torch.optim.Optimiz
     """Write checkpoint `name` (last, best) of a run directory; the run swaps it in whole (rundir.RunDir.swap_in)."""
     weights, opt = captured or capture(module, optimizer)
     run.swap_in(name, lambda folder: _write(folder, weights, opt, generator, trainer_state))
+
+
+def duplicate(run, source: str, name: str) -> None:
+    """Checkpoint `name` made the same as `source` (`last` as the `best` just written at the same step): its files
+    hard-linked, not serialized and synced a second time. Files of a checkpoint are never changed in place (a new
+    one is a new folder swapped in), so two names for one file are safe; where links are refused (a file system
+    without them), the bytes are copied and synced."""
+    origin = run.complete(source)
+    run.swap_in(name, lambda folder: _link_files(origin, folder))
+
+
+def _link_files(origin: Path, folder: Path) -> None:
+    for i, entry in enumerate(sorted(origin.iterdir(), key=lambda p: (p.name == TRAINER_FILE, p.name))):
+        try:  # the marker last, as _write does
+            os.link(entry, folder / entry.name, follow_symlinks=False)
+        except OSError:
+            shutil.copyfile(entry, folder / entry.name, follow_symlinks=False)
+            _fsync_file(folder / entry.name)
+        if i == 0:
+            _slow_for_tests()
 
 
 def _write(tmp: Path, weights: dict, opt: dict, generator: torch.Generator, trainer_state: dict) -> None:

@@ -164,6 +164,8 @@ def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
         ids = np.fromiter(_subword_ids(tokenizer, text), dtype=np.int64)
     elif tokenizer.kind == "byte":
         ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    elif len(tokenizer.chars) < 256 and tokenizer.chars[-1] <= "\xff":
+        ids = _latin1_char_ids(tokenizer.chars, text)
     else:
         points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         table = np.frombuffer(tokenizer.chars.encode("utf-32-le"), dtype=np.uint32)  # sorted: Tokenizer.fit
@@ -171,6 +173,23 @@ def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
         if len(points) and not np.array_equal(table[np.minimum(ids, len(table) - 1)], points):
             raise ValueError("the text has characters outside the vocabulary")
     return ids.astype(token_dtype(tokenizer.vocab_size))
+
+
+def _latin1_char_ids(chars: str, text: str) -> np.ndarray:
+    """Char ids of a vocabulary of fewer than 256 characters, all below U+0100 (nanoGPT's Shakespeare: 65): one
+    byte a character through bytes.translate, where the general path holds each character as 4 bytes, then 8, and
+    retains a few MiB of heap after the run's tokenizing (bench/run_cost.py). 255 marks a character outside."""
+    try:
+        raw = text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("the text has characters outside the vocabulary") from None
+    table = bytearray(b"\xff" * 256)
+    for i, c in enumerate(chars):
+        table[ord(c)] = i
+    ids = raw.translate(table)
+    if b"\xff" in ids:
+        raise ValueError("the text has characters outside the vocabulary")
+    return np.frombuffer(ids, dtype=np.uint8)
 
 
 def _subword_ids(tokenizer: Tokenizer, text: str, lines_per_batch: int = 4096) -> Iterator[int]:

@@ -476,11 +476,13 @@ class Trainer:
                 self.events.flush()
             rows = report.metrics_rows(self.run)  # the plot, redrawn with each evaluation
             self.run.write_bytes(rundir.PLOT, report.plot_svg(rows, self.session.compiled.name).encode())
-            if improved:
+            if improved:  # written once: `last` is the same checkpoint, its files linked (checkpoint.duplicate)
                 checkpoint.save(self.run, "best", self.module, self.optimizer, self.generator, self.state(step),
                                 captured)
-            checkpoint.save(self.run, "last", self.module, self.optimizer, self.generator, self.state(step),
-                            captured)
+                checkpoint.duplicate(self.run, "best", "last")
+            else:
+                checkpoint.save(self.run, "last", self.module, self.optimizer, self.generator, self.state(step),
+                                captured)
         self.saved_step = step
         _barrier(self.world)
 
