@@ -46,6 +46,7 @@ from .onnx_graph import (
     torch_dtype,
 )
 from .onnx_seq2seq import export_graphs
+from .onnx_weights import constants_to_nodes
 from .seq2seq_graphs import check_memory_only
 from .torch_backend import Decoder, Seq2SeqDecoder, to_torch
 
@@ -300,6 +301,7 @@ def _quantize(path: Path, kind: str, val_task, input_names: list[str], stage: St
         quantize_dynamic(str(folded), str(quantized), weight_type=QuantType.QInt8,
                          use_external_data_format=stage.external)
     proto = onnx.load(str(quantized))
+    constants_to_nodes(proto, onnx.load(str(path), load_external_data=False))
     for entry in proto.metadata_props:  # the weights are int8 now (onnxruntime keeps the fp32 graph's metadata)
         if entry.key == "specc.dtype":
             entry.value = "int8"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import Span, SpecError
 from ..io import publish
+from .onnx_weights import is_weight
 
 # Bytes of weights above which they go to a data file. protobuf refuses to serialize a message past 2 GiB
 # (onnx.checker: "The proto size is larger than the 2 GB limit"); half of that leaves room for the graph itself.
@@ -108,12 +109,15 @@ class Staging:
         """Write `proto` for `target` into the folder (with its data file when external), check it with
         onnx.checker on the path, and return the staged path (onnxruntime loads it from there)."""
         import onnx
+        from onnx.external_data_helper import set_external_data
         staged = self.folder / target.name
-        if self.external:
-            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_file(target).name, size_threshold=0)
-        else:
-            onnx.save_model(proto, str(staged))
+        if self.external:  # the weights, each at its offset in the one data file; onnx.save_model writes them
+            for tensor in proto.graph.initializer:
+                # Constants stay inline: onnxruntime's shape inference reads a folded graph's (an int8 file's)
+                # split sizes from the .onnx ("Cannot parse data from external tensors").
+                if is_weight(tensor) and tensor.HasField("raw_data"):
+                    set_external_data(tensor, data_file(target).name)
+        onnx.save_model(proto, str(staged))
         onnx.checker.check_model(str(staged))
         self.staged.append(Path(target))
         return staged
