@@ -258,7 +258,7 @@ def _initializer_shapes(path) -> list[list[int]]:
 
 @pytest.mark.big
 def test_a_2_5_gb_model_exports_to_external_data(tmp_path, specc_cmd):
-    """mlp.spec 8448 wide and 10 deep: 643,100,170 fp32 parameters, 2.57 GB of weights, past protobuf's 2 GiB
+    """mlp.spec 8448 wide and 10 deep: 643,027,978 fp32 parameters, 2.57 GB of weights, past protobuf's 2 GiB
     limit: exported by a real `specc export` (its time and peak memory printed), then run on onnxruntime."""
     import resource
     sets = {"hidden": 8448, "depth": 10}

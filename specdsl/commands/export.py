@@ -177,8 +177,11 @@ def inspect_command(path: str) -> None:
     size = Path(path).stat().st_size
     console.print(Text.assemble(("file size", "bold"), f": {size:,} bytes"))
     for location in sorted(weights.locations):  # the data file beside the .onnx (docs/onnx.md, "External data")
-        data = Path(path).with_name(location)
-        shown = f"{data.stat().st_size:,} bytes" if data.is_file() else "MISSING: move the .onnx with its data file"
+        data = Path(path).parent / location  # relative to the .onnx, as onnxruntime reads it
+        try:
+            shown = f"{data.stat().st_size:,} bytes" if data.is_file() else "MISSING: keep the .onnx with its data file"
+        except OSError as e:  # a location no file system takes (too long, a loop of links)
+            shown = f"unreadable: {e.strerror}"
         console.print(Text.assemble(("weights stored in", "bold"), f": {printable(str(data))} ({shown})"))
 
 
