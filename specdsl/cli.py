@@ -255,6 +255,11 @@ def export_cmd(
     sets: list[str] = typer.Option([], "--set", "-s", help="Override a hyperparameter."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="A run directory of `specc train`."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write OUT.int8.onnx."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or fp16: half-precision weights and compute, "
+                                                      "checked against the fp32 model (bf16 is refused)."),
+    external_data: bool = typer.Option(False, "--external-data",
+                                       help="Store each graph's weights in one data file beside it (OUT.onnx.data); "
+                                            "automatic past 1 GiB of weights."),
 ) -> None:
     """Export a spec to ONNX, check it and compare it with PyTorch on onnxruntime."""
     if not onnx:
@@ -262,7 +267,7 @@ def export_cmd(
         raise typer.Exit(EXIT_SPEC_ERROR)
     try:
         from .commands.export import export_command
-        export_command(spec, output, preset, _overrides(sets), checkpoint, quantize)
+        export_command(spec, output, preset, _overrides(sets), checkpoint, quantize, dtype, external_data)
     except SpecError as e:
         _fail(e)
 

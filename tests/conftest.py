@@ -21,6 +21,17 @@ if "SPECC_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["SPECC_CACHE_DIR"], True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `big` (a 2.5 GB export) run only when the marker expression names them (`pytest -m big`): a
+    plain `pytest` skips them."""
+    if "big" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="a 2.5 GB export: run it with pytest -m big")
+    for item in items:
+        if item.get_closest_marker("big") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def specc_cmd():
     """The installed console script, next to this interpreter."""

@@ -94,7 +94,8 @@ def check_onnx(compiled, module, x: torch.Tensor | tuple, folder: Path) -> None:
     the piped one, then those tensor arguments name) too."""
     import onnxruntime as ort
 
-    from specdsl.backends.onnx_export import TOLERANCE, export
+    from specdsl.backends.onnx_export import export
+    from specdsl.backends.onnx_graph import TOLERANCE
     xs = x if isinstance(x, tuple) else (x,)
     out = folder / "layer.onnx"
     report = export(compiled, out)

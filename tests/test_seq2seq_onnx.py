@@ -337,8 +337,12 @@ def test_graphs_that_do_not_belong_together_are_clear_errors(exported, specc_cmd
 @pytest.mark.slow
 def test_a_mismatch_in_the_encoder_graph_leaves_no_file(tmp_path, monkeypatch):
     """The full graph passed its check, the encoder graph fails its own: none of the three files is left."""
-    from specdsl.backends import onnx_export, onnx_graph
-    monkeypatch.setattr(onnx_graph, "TOLERANCE", -1.0)  # the encoder's and the decoding graph's checks
+    from specdsl.backends import onnx_export, onnx_graph, onnx_seq2seq
+    compare = onnx_seq2seq._compare_encoder
+
+    def off(*args):  # the encoder graph's outputs, as if one were off by more than its tolerance
+        return [{**c, "max_abs_diff": c["tolerance"] + 1} for c in compare(*args)]
+    monkeypatch.setattr(onnx_seq2seq, "_compare_encoder", off)
     with pytest.raises(onnx_graph.ExportError, match="the encoder graph and PyTorch differ"):
         onnx_export.export(specdsl.load(REVERSE, overrides={"d": 32, "heads": 2}), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,6 @@ and the key, never a traceback. A sequence-to-sequence export runs through onnx_
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Iterator
 
@@ -38,11 +37,15 @@ def cache_names(prefix: str, slots: int) -> list[str]:
     return [f"{prefix}.{i}.{kv}" for i in range(slots) for kv in "kv"]
 
 
-def export_paths(model, out: str | Path, quantize: str | None) -> list[Path]:
-    """The files an export of `model` to `out` writes, each checked as a target (specdsl.io.check_output). Torch-
-    free, so `specc export` checks them before it imports torch."""
+def export_paths(model, out: str | Path, quantize: str | None, dtype: str = "fp32",
+                 external: bool = False) -> list[Path]:
+    """The graphs an export of `model` to `out` writes, each checked as a target (specdsl.io.check_output), and
+    with `external` data, each one's data file (onnx_files.check_data_target). Torch-free, so `specc export` checks
+    them before it imports torch."""
     from ..contract import contract
     from ..io import check_output
+    from .onnx_files import check_data_target, check_dtype
+    check_dtype(dtype, quantize)
     paths = [Path(out)]
     facts = contract(model)
     if facts.source is not None:  # a sequence-to-sequence model: its encoder graph and its decoding graph
@@ -55,6 +58,8 @@ def export_paths(model, out: str | Path, quantize: str | None) -> list[Path]:
             paths.append(companion(companion(out, "int8"), "decode"))
     for path in paths:
         check_output(path)
+        if external:
+            check_data_target(path)
     return paths
 
 
@@ -78,10 +83,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def count_parameters(path: str | Path) -> int:
-    """Elements of the file's initializers (its weights), each stored tensor once."""
-    import onnx
-    proto = onnx.load(str(path), load_external_data=False)  # the dims are in the file; nothing else is read
-    return sum(math.prod(t.dims) for t in proto.graph.initializer)
+    """Elements of the file's weights (onnx_weights.read_weights), each stored tensor once."""
+    from .onnx_weights import read_weights
+    return read_weights(path).count
 
 
 def _session(path: Path, threads: int | None = None):
@@ -94,6 +98,13 @@ def _session(path: Path, threads: int | None = None):
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own exception types: a graph it cannot run
         raise SpecError(f"onnxruntime cannot load '{path}': {_first_line(e)}", Span(str(path), 0, 0)) from None
+
+
+def cache_dtype(session, names: list[str]):
+    """The numpy dtype of a graph's cache inputs `names` as the graph declares them (float16 for an fp16 export,
+    float32 otherwise): an empty cache is fed in that type."""
+    types = {i.name: i.type for i in session.get_inputs()}
+    return np.float16 if names and types.get(names[0]) == "tensor(float16)" else np.float32
 
 
 def _first_line(e: Exception) -> str:
@@ -175,6 +186,7 @@ class OnnxGenerator:
         self.session = _session(decode, threads)
         self.names = cache_names("past", len(self.slots))
         self.dims = dict(zip(self.names, (s for s in self.slots for _ in "kv")))  # (kv_heads, head_dim)
+        self.cache_dtype = cache_dtype(self.session, self.names)
         # The metadata must describe the graph: tokens and the cache [batch, kv_heads, past, head_dim] in; logits
         # [batch, new, vocab] and the cache out.
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
@@ -193,7 +205,7 @@ class OnnxGenerator:
                             Span(str(self.path), 0, 0)) from None
 
     def _empty(self):
-        return {n: np.zeros((1, kv, 0, hd), np.float32) for n, (kv, hd) in self.dims.items()}
+        return {n: np.zeros((1, kv, 0, hd), self.cache_dtype) for n, (kv, hd) in self.dims.items()}
 
     def _prefill(self, ids: list[int]):
         outs = self._run({"tokens": np.array([ids], dtype=np.int64), **self._empty()})

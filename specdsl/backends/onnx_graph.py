@@ -13,6 +13,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..contract import contract
@@ -20,6 +21,25 @@ from ..errors import SpecError
 from ..version import __version__
 
 TOLERANCE = 1e-4  # float32: the command fails above this
+# fp16 (--dtype fp16), against the fp32 model in PyTorch: at most 1% of the largest |logit| (or 1e-2 when logits are
+# under 1). fp16 rounds to 2**-11 relative (4.9e-4); the tiny zoo models measured 1.3e-3 to 2.2e-3 against logits
+# of 1.6 to 2.5 (0.1%), so the bound leaves ten times that for deeper models, and still catches a wrong graph,
+# which is off by the logits' own scale.
+FP16_TOLERANCE = 1e-2
+
+
+def tolerance(dtype: str, scale: float) -> float:
+    """The largest |difference| from PyTorch's fp32 outputs accepted for an export in `dtype`, whose reference
+    outputs reach |`scale`|."""
+    return TOLERANCE if dtype == "fp32" else FP16_TOLERANCE * max(1.0, scale)
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+
+
+def numpy_dtype(dtype: str):
+    return {"fp32": np.float32, "fp16": np.float16}[dtype]
 
 
 class ExportError(SpecError):
@@ -40,8 +60,9 @@ def quiet():
             logging.disable(previous)
 
 
-def metadata(compiled, tokenizer: dict | None, graph: str) -> dict[str, str]:
-    """specc's metadata_props of one graph (`graph`: full, encode or decode; docs/onnx.md, "Metadata")."""
+def metadata(compiled, tokenizer: dict | None, graph: str, dtype: str = "fp32") -> dict[str, str]:
+    """specc's metadata_props of one graph (`graph`: full, encode or decode; `dtype`: fp32 or fp16; docs/onnx.md,
+    "Metadata")."""
     m = compiled.model
     meta = {
         "specc.version": __version__,
@@ -53,6 +74,7 @@ def metadata(compiled, tokenizer: dict | None, graph: str) -> dict[str, str]:
         "specc.hyperparameters": json.dumps(m.hyperparameters),
         "specc.tokenizer": json.dumps(tokenizer) if tokenizer else "",
         "specc.params": str(compiled.analysis.total),
+        "specc.dtype": dtype,
         "specc.contract": json.dumps(contract(m).to_json()),
         # every file the model was compiled from (the main one first, then what it `use`s): the file says exactly
         # which source it is
@@ -61,8 +83,9 @@ def metadata(compiled, tokenizer: dict | None, graph: str) -> dict[str, str]:
     return meta
 
 
-def export_program(module, args: tuple, path: Path, math_attention: bool = False, **kw) -> None:
-    """torch.onnx.export (the torch.export-based exporter) of `module` on `args` to `path`, quietly; `kw` are its
+def export_program(module, args: tuple, math_attention: bool = False, **kw):
+    """torch.onnx.export (the torch.export-based exporter) of `module` on `args`, quietly, as a ModelProto in memory
+    (never saved by torch: protobuf serializes no message past 2 GiB, and save_graph writes it); `kw` are its
     input_names, output_names and dynamic_shapes. optimize=False keeps every weight under its parameter path (the
     exporter's optimizer folds transposes into renamed copies); onnxruntime does that folding itself when it loads
     the file. `math_attention` traces scaled_dot_product_attention with its math backend: with a float mask (T5's
@@ -72,14 +95,14 @@ def export_program(module, args: tuple, path: Path, math_attention: bool = False
     backend = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
     with quiet(), torch.no_grad(), backend:
         program = torch.onnx.export(module, args, dynamo=True, optimize=False, **kw)
-    program.save(str(path))
+        return program.model_proto
 
 
-def save_graph(path: Path, metadata: dict[str, str], strip_prefix: str = "") -> None:
-    """Rewrite the exported graph at `path` with initializers named by their parameter paths (a wrapper's prefix
-    removed), without the exporter's per-node stack traces (a tenth of the file), and with specc's metadata."""
-    import onnx
-    proto = onnx.load(str(path))
+def save_graph(proto, metadata: dict[str, str], stage, target: Path, strip_prefix: str = "") -> Path:
+    """The exported graph `proto` with initializers named by their parameter paths (a wrapper's prefix removed),
+    without the exporter's per-node stack traces (a tenth of the file), and with specc's metadata, written for
+    `target` into the export's staging folder `stage` (onnx_files.Staging) and checked there. Returns the staged
+    path."""
     if strip_prefix:
         renames = {t.name: t.name[len(strip_prefix):] for t in proto.graph.initializer
                    if t.name.startswith(strip_prefix)}
@@ -95,8 +118,7 @@ def save_graph(path: Path, metadata: dict[str, str], strip_prefix: str = "") -> 
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path))
+    return stage.write(proto, target)
 
 
 def open_session(path: Path):

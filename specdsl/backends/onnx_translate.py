@@ -25,6 +25,7 @@ from .onnx_generate import (
     _first_line,
     _session,
     _tokenizer,
+    cache_dtype,
     cache_names,
     companion,
     read_metadata,
@@ -102,6 +103,7 @@ class OnnxTranslator:
         self.encoder = _session(paths["encode"], threads)
         self.decoder = _session(decode, threads)
         self._check_interfaces()
+        self.cache_dtype = cache_dtype(self.decoder, self.past)
 
     def _check_interfaces(self) -> None:
         """The contract must describe both graphs: the source in and the memory's keys and values [batch, kv_heads,
@@ -140,7 +142,7 @@ class OnnxTranslator:
         bos, eos, vocab = self.tokenizer.bos_id, self.tokenizer.eos_id, self.tokenizer.vocab_size
         src = np.array([source_ids], dtype=np.int64)
         memory = dict(zip(self.memory, self._run(self.encoder, "encode", {self.facts.source: src})))
-        cache = {n: np.zeros((1, kv, 0, hd), np.float32)
+        cache = {n: np.zeros((1, kv, 0, hd), self.cache_dtype)
                  for n, (kv, hd) in zip(self.past, (s for s in self.facts.cache for _ in "kv"))}
         token = bos
         for _ in range(min(max_new_tokens, self.ctx)):

@@ -14,7 +14,7 @@ from ..text import printable
 
 
 def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: str | None,
-                   quantize: str | None) -> dict:
+                   quantize: str | None, dtype: str = "fp32", external_data: bool = False) -> dict:
     console = Console(soft_wrap=True)  # paths and figures stay on their lines
     weights, tokenizer, val_task, run = None, None, None, None
     if checkpoint:  # the run decides the model: its own sources, preset and --set values
@@ -33,8 +33,11 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
         tokenizer = record["tokenizer"]
     else:
         compiled = load(spec, preset=preset, overrides=overrides)
+    from ..backends.onnx_files import uses_external_data
     from ..backends.onnx_generate import export_paths
-    export_paths(compiled.model, output, quantize)  # before torch is imported: seconds before a refusal otherwise
+    external = uses_external_data(compiled.analysis.total, dtype, external_data)
+    # before torch is imported: seconds before a refusal otherwise
+    export_paths(compiled.model, output, quantize, dtype, external)
     if run is not None and tokenizer and quantize:  # the run's objective on its validation split, to weigh int8
         val_task = validation_task(run, record, compiled, console)
     if weights is None:
@@ -46,7 +49,8 @@ def export_command(spec: str, output: str, preset, overrides: dict, checkpoint: 
         if compiled.model.lora is not None:  # LoRA: the adapters merged into the base weights; the plain model exports
             from ..train.adapters import merged as merge_adapters
             compiled, module, merged = merge_adapters(compiled, module)
-        report = export(compiled, output, module=module, tokenizer=tokenizer, quantize=quantize, val_task=val_task)
+        report = export(compiled, output, module=module, tokenizer=tokenizer, quantize=quantize, val_task=val_task,
+                        dtype=dtype, external_data=external_data)
     if merged is not None:
         console.print(f"merged the LoRA adapters into the base weights: max |diff| {merged:.2e} against the "
                       "unmerged model in PyTorch")
@@ -106,8 +110,13 @@ def _shown(path) -> str:
 
 
 def _print_report(console: Console, r: dict) -> None:
+    from ..backends.onnx_files import DTYPES, data_file
+    size = DTYPES[r["dtype"]]
     console.print(f"wrote [bold]{_shown(r['file'])}[/bold]: {r['bytes']:,} bytes for {r['params']:,} parameters "
-                  f"({r['bytes'] / (4 * r['params']):.3f} x 4 bytes each)")
+                  f"in {r['dtype']} ({r['bytes'] / (size * r['params']):.3f} x {size} bytes each)")
+    if r["external_data"]:
+        console.print(f"  the weights of each graph are in a data file beside it: [bold]"
+                      f"{_shown(data_file(r['file']))}[/bold] (move a graph with its data file)")
     _print_checks(console, r["checks"])
     if "encode" in r:
         e = r["encode"]
@@ -141,11 +150,14 @@ def _print_checks(console: Console, checks: list[dict]) -> None:
         seq = c["seq"]
         lengths = ", ".join(f"{n} {v}" for n, v in seq.items()) if isinstance(seq, dict) else f"seq {seq}"
         shown = f", {lengths}" if seq else ""
-        console.print(f"  onnxruntime vs PyTorch, batch {c['batch']}{shown}: max |diff| {c['max_abs_diff']:.2e}")
+        bound = f" (tolerance {c['tolerance']:.1e})" if c.get("tolerance", 0) > 1e-4 else ""  # fp16 against fp32
+        console.print(f"  onnxruntime vs PyTorch, batch {c['batch']}{shown}: max |diff| {c['max_abs_diff']:.2e}"
+                      f"{bound}")
 
 
 def inspect_command(path: str) -> None:
-    from ..backends.onnx_generate import count_parameters, read_metadata
+    from ..backends.onnx_generate import read_metadata
+    from ..backends.onnx_weights import read_weights
     meta = read_metadata(path)
     console = Console(soft_wrap=True, highlight=False)  # paths and figures stay on their lines
     # Keys, values and the path come from the file: plain Text (no markup), with controls shown (printable).
@@ -157,13 +169,33 @@ def inspect_command(path: str) -> None:
             console.print(Text(printable(value, keep="\t\n")))
         else:
             console.print(Text.assemble((printable(key), "bold"), ": ", printable(value)))
-    counted = count_parameters(path)
+    weights = read_weights(path)
+    console.print(Text.assemble(("parameters in the file", "bold"), f": {weights.count:,}",
+                                _declared(meta, weights)))
+    types = ", ".join(f"{n:,} {kind}" for kind, n in weights.by_type.most_common())
+    console.print(Text.assemble(("weights", "bold"), f": {types or 'none'}"))
+    size = Path(path).stat().st_size
+    console.print(Text.assemble(("file size", "bold"), f": {size:,} bytes"))
+    for location in sorted(weights.locations):  # the data file beside the .onnx (docs/onnx.md, "External data")
+        data = Path(path).parent / location  # relative to the .onnx, as onnxruntime reads it
+        try:
+            shown = f"{data.stat().st_size:,} bytes" if data.is_file() else "MISSING: keep the .onnx with its data file"
+        except OSError as e:  # a location no file system takes (too long, a loop of links)
+            shown = f"unreadable: {e.strerror}"
+        console.print(Text.assemble(("weights stored in", "bold"), f": {printable(str(data))} ({shown})"))
+
+
+def _declared(meta: dict[str, str], weights) -> str:
+    """What the spec says of the count (its metadata specc.params), and why the file's differs where it may."""
     declared = meta.get("specc.params", "")
-    said = ""
-    if declared.isascii() and declared.isdigit() and len(declared) < 100:  # a count, not whatever a file says
-        said = f" (the spec says {int(declared):,})"
-        part = {"encode": "the encoder graph", "decode": "the decoding graph"}.get(meta.get("specc.graph", ""))
-        if part and counted != int(declared):  # an encoder-decoder's graphs hold the weights each reads
-            said = f" ({part}'s part of the spec's {int(declared):,})"
-    console.print(Text.assemble(("parameters in the file", "bold"), f": {counted:,}{said}"))
-    console.print(Text.assemble(("file size", "bold"), f": {Path(path).stat().st_size:,} bytes"))
+    if not (declared.isascii() and declared.isdigit() and len(declared) < 100):  # a count, not whatever a file says
+        return ""
+    spec = int(declared)
+    if weights.quantized and weights.count > spec:  # measured: a tied embedding and head, quantized once for each
+        return (f" (the spec says {spec:,}; the int8 file holds {weights.count - spec:,} more: onnxruntime's "
+                "quantizer stores a weight read by two operators, as a tied embedding and output head, once for "
+                "each)")
+    part = {"encode": "the encoder graph", "decode": "the decoding graph"}.get(meta.get("specc.graph", ""))
+    if part and weights.count != spec:  # an encoder-decoder's graphs hold the weights each reads
+        return f" ({part}'s part of the spec's {spec:,})"
+    return f" (the spec says {spec:,})"

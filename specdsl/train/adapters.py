@@ -68,7 +68,7 @@ def merged(compiled, module):
     if module is None or getattr(module, "lora", None) is None:
         return plain, module, None
     from ..backends.lora import merge_checked
-    from ..backends.onnx_export import TOLERANCE  # the export's own, against onnxruntime
+    from ..backends.onnx_graph import TOLERANCE  # the export's own, against onnxruntime
     diff = merge_checked(module)
     if not diff <= TOLERANCE:
         raise SpecError(f"merging the LoRA adapters changed the outputs by {diff:.3g}", Span("--checkpoint", 0, 0))
