@@ -2,8 +2,14 @@
 
 Two models, random weights (seeded; the same weights on both backends, checked by comparing logits):
 
-* (a) specs/nanogpt-shakespeare.spec as is: 4 layers, 4 heads, d=128, ctx 64, vocab 65;
-* (b) the same spec with d=256, ctx=256 (4 layers, 4 heads, vocab 65).
+* (a) specs/nanogpt-shakespeare.spec as is (the model `make demo` trains): 4 layers, 4 heads, d=128, ctx 64,
+  vocab 65;
+* (b) the same spec with d=256, ctx=256 (4 layers, 4 heads, vocab 65);
+* (c) with --gpt2 only: specs/gpt2.spec, GPT-2 small (124M parameters, vocab 50257, ctx 1024; dropout 0).
+
+The weights are those of a Hugging Face GPT2LMHeadModel built from a GPT2Config of the same shape (every parameter
+perturbed, so no norm weight or bias sits at its initial value), copied into the spec's module with load_weights,
+so the third comparison below runs Hugging Face on the very same model.
 
 Each is exported with specdsl.backends.onnx_export.export into a temporary directory (OUT.onnx, the full graph,
 and OUT.decode.onnx, the graph with a KV cache; export checks both against PyTorch), with the bench's module passed
@@ -37,7 +43,13 @@ as is. onnxruntime runs them on the CPUExecutionProvider with its default graph 
    of a whole run (prompt included). The column "ort x" is onnxruntime's tokens/s over the row's; "per-round", the
    median over rounds of the same ratio within a round.
 
-Goals, printed PASS/FAIL per model: onnxruntime generation >= 1.5x the tokens/s of PyTorch with a cache and >= 4x
+3. PyTorch generation with a cache (`specc sample`'s) against Hugging Face `generate` (do_sample=False,
+   use_cache=True) on the same weights, with onnxruntime's beside it: a prompt of 8 tokens, then min(new, ctx - 8)
+   greedy tokens (HF's GPT-2 has no positions past n_positions, so the text stays within the context); timed as in
+   2, the ids of all three must agree.
+
+Goals, printed PASS/FAIL per model: PyTorch generation with a cache >= 2x the tokens/s of Hugging Face generate
+(issue 13); onnxruntime generation >= 1.5x the tokens/s of PyTorch with a cache and >= 4x
 PyTorch without one, under the default policy (the other's ratios are printed as "info"); onnxruntime forward
 latency no worse than PyTorch eager (ort/torch <= 1.0) at B=1 and 8.
 
@@ -48,7 +60,7 @@ parallel region): read the ratios only when that figure is near 0. Noise from ot
 does not show there (the median of the same call moved by up to 2x from one second to the next while developing
 this), so run twice before trusting a ratio near a goal.
 
-Usage: python bench/inference.py [--quick] [--threads N] [--rounds N] [--calls N] [--warmup N] [--gen-rounds N]
+Usage: python bench/inference.py [--quick] [--gpt2] [--threads N] [--rounds N] [--calls N] [--warmup N] [--gen-rounds N]
                                  [--new N] [--seed N]
 The exit code is 0 whatever the result.
 """
@@ -79,16 +91,18 @@ from specdsl.contract import contract  # noqa: E402
 from specdsl.tokenizer import Tokenizer  # noqa: E402
 from specdsl.train.sample import generate  # noqa: E402
 
-SPEC = ROOT / "specs" / "nanogpt-shakespeare.spec"
-CONFIGS = [  # (label, spec overrides)
-    ("(a) shakespeare d=128 ctx=64", {}),
-    ("(b) d=256 L=4 H=4 ctx=256", {"d": 256, "ctx": 256, "heads": 4, "layers": 4}),
+NANOGPT, GPT2 = ROOT / "specs" / "nanogpt-shakespeare.spec", ROOT / "specs" / "gpt2.spec"
+CONFIGS = [  # (label, spec, overrides, Hugging Face's name of the spec's activation)
+    ("(a) shakespeare d=128 ctx=64", NANOGPT, {}, "gelu"),  # nanoGPT: exact GELU
+    ("(b) d=256 L=4 H=4 ctx=256", NANOGPT, {"d": 256, "ctx": 256, "heads": 4, "layers": 4}, "gelu"),
 ]
+GPT2_SMALL = ("(c) GPT-2 small (124M)", GPT2, {"dropout": 0.0}, "gelu_new")  # gpt_block's default gelu_tanh
 SEQ = 128
 BATCHES = (1, 8)
 PROMPT = 8
-GOAL_VS_CACHE, GOAL_VS_NOCACHE, GOAL_FORWARD = 1.5, 4.0, 1.0
+GOAL_VS_CACHE, GOAL_VS_NOCACHE, GOAL_FORWARD, GOAL_VS_HF = 1.5, 4.0, 1.0, 2.0
 METHODS = ["torch, no cache", "torch, cache", "ort, cache"]
+HF_METHODS = ["torch, cache", "HF generate", "ort, cache"]
 ORT_MAIN = "ort, cache"
 
 
@@ -133,15 +147,33 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def build(overrides: dict, tmp: Path, seed: int):
-    """The torch module with seeded random weights, and its two exported graphs (exported from those weights)."""
-    compiled = specdsl.load(SPEC, overrides=overrides)
+def hugging_face(hyper: dict, activation: str, seed: int):
+    """A GPT2LMHeadModel of the spec's shape, every parameter perturbed (seeded)."""
+    import transformers
+    config = transformers.GPT2Config(
+        vocab_size=int(hyper["vocab"]), n_positions=int(hyper["ctx"]), n_embd=int(hyper["d"]),
+        n_layer=int(hyper["layers"]), n_head=int(hyper["heads"]), activation_function=activation,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
     torch.manual_seed(seed)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return hf
+
+
+def build(spec: Path, overrides: dict, activation: str, tmp: Path, seed: int):
+    """The torch module with Hugging Face's perturbed weights, that model, and the two exported graphs (exported
+    from those weights)."""
+    compiled = specdsl.load(spec, overrides=overrides)
+    hf = hugging_face(compiled.model.hyperparameters, activation, seed)
     module = specdsl.to_torch(compiled).eval()
+    specdsl.load_weights(module, hf.state_dict(), family="gpt2")
     # a tokenizer of the model's vocabulary, for OnnxGenerator (the bench feeds ids, never text)
     chars = "".join(chr(33 + i) for i in range(contract(compiled.model).ids))
     report = export(compiled, tmp / "model.onnx", module=module, tokenizer=Tokenizer("char", chars).to_json())
-    return compiled, module, report, tmp / "model.onnx", tmp / "model.decode.onnx"
+    return compiled, module, hf, report, tmp / "model.onnx", tmp / "model.decode.onnx"
 
 
 # ---------------------------------------------------------------------------------------------------- forward
@@ -200,17 +232,49 @@ def window_runs(prompt: int, new: int, ctx: int, overflow: str) -> tuple[int, in
     return steps, reruns
 
 
+def seeded_prompt(module, args) -> list[int]:
+    return torch.randint(0, module.wte.weight.shape[0], (PROMPT,),
+                         generator=torch.Generator().manual_seed(args.seed + 1)).tolist()
+
+
 def generation(module, generator: OnnxGenerator, ctx: int, overflow: str, args) -> dict:
-    prompt = torch.randint(0, module.wte.weight.shape[0], (PROMPT,),
-                           generator=torch.Generator().manual_seed(args.seed + 1)).tolist()
+    prompt = seeded_prompt(module, args)
     new, greedy = args.new, {"temperature": 0, "overflow": overflow}
     fns = {
         "torch, no cache": lambda: list(generate(module, prompt, new, ctx, cache=False, **greedy)),
         "torch, cache": lambda: list(generate(module, prompt, new, ctx, **greedy)),
         "ort, cache": lambda: list(generator.generate(prompt, new, **greedy)),
     }
+    steps, reruns = window_runs(PROMPT, new, ctx, overflow)
+    return {"overflow": overflow, "prompt": prompt, "new": new, "single_steps": steps, "reprefills": reruns,
+            **timed(fns, new, args)}
+
+
+def hf_generate(hf, prompt: list[int], new: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                          use_cache=True, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def versus_hf(module, hf, generator: OnnxGenerator, ctx: int, args) -> dict:
+    """`specc sample`'s PyTorch generation against Hugging Face generate on the same weights (and onnxruntime),
+    within the context: HF's GPT-2 has no positions past it."""
+    prompt, new = seeded_prompt(module, args), min(args.new, ctx - PROMPT)
+    fns = {
+        "torch, cache": lambda: list(generate(module, prompt, new, ctx, temperature=0)),
+        "HF generate": lambda: hf_generate(hf, prompt, new),
+        "ort, cache": lambda: list(generator.generate(prompt, new, temperature=0)),
+    }
+    return {"new": new, **timed(fns, new, args)}
+
+
+def timed(fns: dict, new: int, args) -> dict:
+    """One untimed run of each (the tokens, compared with the first's), then `gen_rounds` rounds, the order rotating
+    and flipping; tokens/s from the median wall time of a run."""
     tokens = {name: fn() for name, fn in fns.items()}  # warm-up, and the tokens to compare
-    reference = tokens["torch, no cache"]
+    reference = next(iter(tokens.values()))
     agree = {name: t == reference for name, t in tokens.items()}
     first_diff = {name: next((i for i, (a, b) in enumerate(zip(t, reference)) if a != b), None)
                   for name, t in tokens.items()}
@@ -228,20 +292,19 @@ def generation(module, generator: OnnxGenerator, ctx: int, overflow: str, args) 
             times[name].append((time.perf_counter_ns() - t0) / 1e9)
             stable &= got == tokens[name]
     med = {name: statistics.median(t) for name, t in times.items()}
-    tps = {name: args.new / m for name, m in med.items()}
+    tps = {name: new / m for name, m in med.items()}
     # speed-up of onnxruntime within each round (its run and the other's, minutes apart at most), median over rounds
     paired = {name: statistics.median(a / b for a, b in zip(times[name], times[ORT_MAIN])) for name in times}
-    steps, reruns = window_runs(PROMPT, args.new, ctx, overflow)
-    return {"overflow": overflow, "prompt": prompt, "tokens": tokens, "agree": agree, "first_diff": first_diff,
-            "stable": stable, "med": med, "tps": tps, "paired": paired, "n": args.gen_rounds, "single_steps": steps,
-            "reprefills": reruns}
+    return {"tokens": tokens, "agree": agree, "first_diff": first_diff, "stable": stable, "med": med, "tps": tps,
+            "paired": paired, "n": args.gen_rounds, "times": times}
 
 
 # ---------------------------------------------------------------------------------------------------- main
 
-def bench_model(label: str, overrides: dict, args) -> dict:
+def bench_model(label: str, spec: Path, overrides: dict, activation: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="specc-bench-inference-") as tmpdir:
-        compiled, module, report, full_path, decode_path = build(overrides, Path(tmpdir), args.seed)
+        compiled, module, hf, report, full_path, decode_path = build(spec, overrides, activation, Path(tmpdir),
+                                                                     args.seed)
         hyper = compiled.model.hyperparameters
         ctx, vocab = int(hyper["ctx"]), int(hyper["vocab"])
         full, decode = ort_session(full_path, args.threads), OnnxGenerator(decode_path, threads=args.threads)
@@ -267,9 +330,11 @@ def bench_model(label: str, overrides: dict, args) -> dict:
         print(f"  generation, --overflow {overflow}: prompt {PROMPT} tokens + {args.new} new; per cached run 1 "
               f"prefill, {g['single_steps']} one-token calls, {g['reprefills']} window re-runs", flush=True)
         gens.append(g)
+    hf_run = versus_hf(module, hf, decode, ctx, args)
+    print(f"  generation against Hugging Face generate: prompt {PROMPT} tokens + {hf_run['new']} new", flush=True)
     note = load.summary()
     print(f"  during this model's measurements: {note}")
-    return {"label": label, "seq": seq, "ctx": ctx, "fwd": fwd, "gens": gens, "load": note}
+    return {"label": label, "seq": seq, "ctx": ctx, "fwd": fwd, "gens": gens, "hf": hf_run, "load": note}
 
 
 def print_model(r: dict, args) -> list[tuple[bool, str]]:
@@ -283,6 +348,7 @@ def print_model(r: dict, args) -> list[tuple[bool, str]]:
     goals = []
     for g in r["gens"]:
         goals += print_generation(label, r["ctx"], g, args)
+    goals += print_versus_hf(label, r["hf"])
     for batch, f in fwd.items():
         goals.append((f["ratio"] <= GOAL_FORWARD,
                       f"{label}: forward B={batch} T={r['seq']} ort/torch = {f['ratio']:.3f} (goal <= {GOAL_FORWARD})"))
@@ -293,13 +359,7 @@ def print_generation(label: str, ctx: int, g: dict, args) -> list[tuple[bool, st
     print(f"  {'generation (B=1), --overflow ' + g['overflow']:<38}{'median s':>9}{'ms/token':>10}{'tokens/s':>10}"
           f"{'ort x':>7}{'per-round':>10}  same ids")
     main = g["tps"][ORT_MAIN]
-    for name in METHODS:
-        same = "yes" if g["agree"][name] else f"NO (first differs at {g['first_diff'][name]})"
-        print(f"  {name:<38}{g['med'][name]:>9.3f}{g['med'][name] / args.new * 1e3:>10.2f}{g['tps'][name]:>10,.0f}"
-              f"{main / g['tps'][name]:>7.2f}{g['paired'][name]:>10.2f}  {same}")
-    all_agree = all(g["agree"].values())
-    print(f"  ({args.new} new tokens, medians of {g['n']} runs each; tokens agree across all methods: "
-          f"{'yes' if all_agree else 'NO'}; repeat runs gave the same ids: {'yes' if g['stable'] else 'NO'})")
+    all_agree = print_rows(g, METHODS)
     calls = g["single_steps"] + g["reprefills"] + 1
     if g["reprefills"] * 2 > calls:
         print(f"  note: {g['reprefills']} of the {calls} calls of a cached run re-run the whole {ctx}-token "
@@ -319,9 +379,36 @@ def print_generation(label: str, ctx: int, g: dict, args) -> list[tuple[bool, st
     ]
 
 
+def print_rows(g: dict, methods: list[str]) -> bool:
+    """The rows of one generation table; whether every method gave the same ids."""
+    main = g["tps"][ORT_MAIN]
+    for name in methods:
+        same = "yes" if g["agree"][name] else f"NO (first differs at {g['first_diff'][name]})"
+        print(f"  {name:<38}{g['med'][name]:>9.3f}{g['med'][name] / g['new'] * 1e3:>10.2f}{g['tps'][name]:>10,.1f}"
+              f"{main / g['tps'][name]:>7.2f}{g['paired'][name]:>10.2f}  {same}")
+    all_agree = all(g["agree"].values())
+    print(f"  ({g['new']} new tokens, medians of {g['n']} runs each; tokens agree across all methods: "
+          f"{'yes' if all_agree else 'NO'}; repeat runs gave the same ids: {'yes' if g['stable'] else 'NO'})")
+    return all_agree
+
+
+def print_versus_hf(label: str, g: dict) -> list[tuple[bool, str]]:
+    print(f"  {'generation (B=1), against HF generate':<38}{'median s':>9}{'ms/token':>10}{'tokens/s':>10}"
+          f"{'ort x':>7}{'per-round':>10}  same ids")
+    all_agree = print_rows(g, HF_METHODS)
+    ratio = g["tps"]["torch, cache"] / g["tps"]["HF generate"]
+    per_round = statistics.median(h / t for h, t in zip(g["times"]["HF generate"], g["times"]["torch, cache"]))
+    vs_ort = g["tps"][ORT_MAIN] / g["tps"]["torch, cache"]
+    return [(ratio >= GOAL_VS_HF and all_agree,
+             f"{label}: PyTorch generation with cache vs HF generate = {ratio:.2f}x tokens/s (goal >= {GOAL_VS_HF}x; "
+             f"per-round {per_round:.2f}x; {g['tps']['torch, cache']:,.1f} vs {g['tps']['HF generate']:,.1f} "
+             f"tokens/s; onnxruntime {vs_ort:.2f}x PyTorch's)")]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions: 3 rounds of 2 calls, 2 generation rounds")
+    ap.add_argument("--gpt2", action="store_true", help="also (c) GPT-2 small, 124M (an export of 0.5 GB, minutes)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help=f"torch threads and onnxruntime intra-op threads (default {torch.get_num_threads()})")
     ap.add_argument("--rounds", type=int, default=15, help="alternating forward rounds (default 15)")
@@ -341,9 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"forward: {args.rounds} alternating rounds of {args.calls} calls per backend after {args.warmup} warm-up "
           f"calls; generation: 1 warm-up run + {args.gen_rounds} rounds per method")
     rows = []
-    for label, overrides in CONFIGS:
+    for label, spec, overrides, activation in CONFIGS + ([GPT2_SMALL] if args.gpt2 else []):
         try:
-            rows.append(bench_model(label, overrides, args))
+            rows.append(bench_model(label, spec, overrides, activation, args))
         except Exception:  # report and go on: the exit code stays 0
             print(f"\n{label}: FAILED TO RUN")
             traceback.print_exc(file=sys.stdout)

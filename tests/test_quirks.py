@@ -153,6 +153,27 @@ def test_incremental_decoding_equals_the_full_pass(spec, sizes):
     assert (torch.cat(steps, dim=1) - full).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("spec,sizes", DECODE, ids=[s if s.endswith(".spec") else s.split("model ")[1].split()[0]
+                                                     for s, _ in DECODE])
+def test_decoding_in_place_equals_the_full_pass(spec, sizes):
+    """`specc sample`'s path: Decoder.step writing keys and values into a StaticCache in place (single queries
+    without a mask), a prompt of 5 then one token at a time; each step's logits are the full pass's."""
+    from specdsl.backends.torch_backend import Decoder
+    compiled = (specdsl.load(SPECS / spec, overrides=sizes) if spec.endswith(".spec")
+                else specdsl.loads(spec, name="inline.spec", overrides=sizes))
+    torch.manual_seed(0)
+    module = specdsl.to_torch(compiled).eval()
+    perturb(module)
+    decoder = Decoder(module)
+    tokens = torch.randint(0, compiled.model.hyperparameters["vocab"], (2, 12))
+    cache = decoder.static_cache(12, batch=2)
+    with torch.inference_mode():
+        full = module(tokens)
+        steps = [decoder.step(tokens[:, :5], cache)] + [decoder.step(tokens[:, t:t + 1], cache) for t in range(5, 12)]
+    assert cache.length == 12
+    assert (torch.cat(steps, dim=1) - full).abs().max() <= TOL
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("text,sizes", [(BLOOM, dict(heads=6, d=36)), (QWEN3, {}), (GPTJ, dict(rotary_dims=6))],
                          ids=["bloom-alibi", "qwen3-qk_norm", "gptj-interleaved"])

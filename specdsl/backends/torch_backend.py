@@ -299,13 +299,15 @@ class Decoder(nn.Module):
         return logits
 
     def _run(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        # `decode` is a plain attribute (no parameter, buffer or module): object.__setattr__ skips nn.Module's
+        # checks, a few microseconds each, twice per stateful module per generated token.
         for m in self._stateful:
-            m.decode = state
+            object.__setattr__(m, "decode", state)
         try:
             return self.model(tokens)
         finally:
             for m in self._stateful:
-                m.decode = None
+                object.__setattr__(m, "decode", None)
 
 
 class StaticCache:

@@ -171,12 +171,14 @@ class Attention(nn.Module):
         from it and this call's are appended to it (S = cached + T)."""
         B, T, _ = x.shape
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1)
         if self.qk_norm == "full":
+            q, k, v = self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1)
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, h, hd).transpose(1, 2)
-        k = k.view(B, T, kv, hd).transpose(1, 2)
-        v = v.view(B, T, kv, hd).transpose(1, 2)
+            q = q.view(B, T, h, hd).transpose(1, 2)
+            k = k.view(B, T, kv, hd).transpose(1, 2)
+            v = v.view(B, T, kv, hd).transpose(1, 2)
+        else:  # one view and one transpose, then split by heads: the same strided views, in 3 ops fewer a call
+            q, k, v = self.qkv(x).view(B, T, h + 2 * kv, hd).transpose(1, 2).split((h, kv, kv), dim=1)
         if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         state = self.decode
@@ -250,10 +252,10 @@ class StaticDecodeState(DecodeState):
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         buffer_k, buffer_v = self.buffers[self.index]
         self.index += 1
-        end = self.offset + k.shape[2]
-        buffer_k[:, :, self.offset:end] = k
-        buffer_v[:, :, self.offset:end] = v
-        return buffer_k[:, :, :end], buffer_v[:, :, :end]
+        new = k.shape[2]
+        buffer_k.narrow(2, self.offset, new).copy_(k)  # narrow: a view, without indexing's parsing of slices
+        buffer_v.narrow(2, self.offset, new).copy_(v)
+        return buffer_k.narrow(2, 0, self.offset + new), buffer_v.narrow(2, 0, self.offset + new)
 
 
 class MLP(nn.Module):

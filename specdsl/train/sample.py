@@ -56,7 +56,7 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gene
     return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, temperature: float = 1.0,
              top_k: int | None = None, seed: int = 0, overflow: str = DEFAULT_OVERFLOW,
              cache: bool = True, vocab: int | None = None) -> Iterator[int]:
@@ -77,6 +77,7 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
     if decoder is not None:  # buffers for the whole window, written in place (Decoder.step)
         dtype = next(module.parameters()).dtype
         kv = decoder.static_cache(min(ctx, len(ids) + max_new_tokens), dtype=dtype, device=device)
+        last = torch.empty(1, 1, dtype=torch.long, device=device)  # the one-token input, refilled each step
     for _ in range(max_new_tokens):
         if decoder is None:
             logits = module(torch.tensor([ids[start:]], dtype=torch.long, device=device))
@@ -84,7 +85,7 @@ def generate(module, prompt_ids: list[int], max_new_tokens: int, ctx: int, tempe
         elif kv.length == 0:  # the window (re)starts: run it whole
             logits = decoder.step(torch.tensor([ids[start:]], dtype=torch.long, device=device), kv)
         else:
-            logits = decoder.step(torch.tensor([ids[-1:]], dtype=torch.long, device=device), kv)
+            logits = decoder.step(last.fill_(ids[-1]), kv)
         token = next_token(logits[0, -1, :vocab].float(), temperature, top_k, generator)
         ids.append(token)
         yield token
