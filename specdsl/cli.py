@@ -237,11 +237,13 @@ def sample_cmd(
     seed: int = SEED,
     overflow: Overflow = OVERFLOW,
     device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto (cuda, else mps, else cpu)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16: the weights and the KV cache in that "
+                              "precision (fp16 on a GPU only)."),
 ) -> None:
     """Generate text from a trained run with PyTorch, streaming tokens as they come."""
     from .commands.generate import sample_command
     try:
-        sample_command(run_dir, prompt, max_new_tokens, temperature, top_k, seed, overflow.value, device)
+        sample_command(run_dir, prompt, max_new_tokens, temperature, top_k, seed, overflow.value, device, dtype)
     except SpecError as e:
         _fail(e)
 

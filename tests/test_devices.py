@@ -31,7 +31,7 @@ def run(out, **flags):
 def test_an_absent_device_or_fp16_on_a_cpu_is_refused_before_anything_is_written(tmp_path):
     for flags, where, says in (({"device": "cuda"}, "--device", "sees no CUDA device"),
                                ({"device": "tpu"}, "--device", "unknown device 'tpu'"),
-                               ({"device": "cpu", "dtype": "fp16"}, "--dtype", "fp16 trains on a GPU only")):
+                               ({"device": "cpu", "dtype": "fp16"}, "--dtype", "fp16 runs on a GPU only")):
         with pytest.raises(specdsl.SpecError, match=says) as refused:
             run(tmp_path / "r", **flags)
         assert refused.value.errors[0].span.file == where and not (tmp_path / "r").exists()
@@ -54,3 +54,25 @@ def test_a_cuda_run_follows_the_cpu_run(tmp_path):
               for d in ("cpu", "cuda")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
     run(tmp_path / "fp16", device="cuda", dtype="fp16")
+
+
+@pytest.mark.slow
+def test_sample_in_bf16_follows_fp32_and_fp16_on_a_cpu_is_refused(tmp_path):
+    """`specc sample --dtype bf16`: the weights and the KV cache in bf16, the same greedy text as fp32 on this tiny
+    run's first tokens (bf16 keeps 8 bits of mantissa: the argmax rarely moves); fp16 on a CPU is refused on the
+    flag before the run is read."""
+    from specdsl.train.sample import generate, load_run
+    run(tmp_path / "r", steps=30, eval_every=30)
+    texts = {}
+    for dtype in ("fp32", "bf16"):
+        module, tokenizer, ctx = load_run(tmp_path / "r", device="cpu", dtype=dtype)
+        assert {p.dtype for p in module.parameters()} == {torch.float32 if dtype == "fp32" else torch.bfloat16}
+        ids = tokenizer.encode("the ")
+        texts[dtype] = list(generate(module, ids, 8, ctx, temperature=0, vocab=tokenizer.data_size))
+    assert texts["bf16"][:4] == texts["fp32"][:4]
+    if not torch.cuda.is_available():
+        with pytest.raises(specdsl.SpecError, match="fp16 runs on a GPU only") as refused:
+            load_run(tmp_path / "r", device="cpu", dtype="fp16")
+        assert refused.value.errors[0].span.file == "--dtype"
+    with pytest.raises(specdsl.SpecError, match="--dtype must be one of"):
+        load_run(tmp_path / "r", device="cpu", dtype="int4")

@@ -45,10 +45,10 @@ def stream(prompt: str, tokens, tokenizer) -> None:
 
 
 def sample_command(run_dir: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
-                   seed: int, overflow: str, device: str | None = None) -> None:
+                   seed: int, overflow: str, device: str | None = None, dtype: str = "fp32") -> None:
     from ..contract import contract
     from ..train.sample import generate, load_run, translate
-    module, tokenizer, ctx = load_run(run_dir, device=device)
+    module, tokenizer, ctx = load_run(run_dir, device=device, dtype=dtype)
     ids = prompt_ids(tokenizer, prompt)
     facts = contract(module.spec)
     if facts.source is not None:  # a sequence-to-sequence model: the prompt is the source; print its target

@@ -46,10 +46,14 @@ def process_group_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+# Inference in reduced precision (specc sample --dtype): the weights themselves in that type, not autocast.
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def check_dtype(dtype: str, device: torch.device) -> None:
     """fp16 autocast needs a GPU's kernels and a gradient scaler; on a CPU bf16 is the reduced precision."""
     if dtype == "fp16" and device.type == "cpu":
-        raise SpecError("--dtype fp16 trains on a GPU only (CPU kernels are bf16's)", Span("--dtype", 0, 0),
+        raise SpecError("--dtype fp16 runs on a GPU only (CPU kernels are bf16's)", Span("--dtype", 0, 0),
                         hint="--dtype bf16 on a CPU")
 
 

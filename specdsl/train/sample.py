@@ -16,10 +16,16 @@ from . import rundir
 from .init import load_run_weights
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str | None = "cpu"):
+def load_run(run_dir: str | Path, which: str = "best", device: str | None = "cpu", dtype: str = "fp32"):
     """(module in eval mode, tokenizer, context) of a run directory; `which` is best or last; the module on `device`
-    (train/device.py: cpu, cuda, mps, or None for auto). The context is the target's for a sequence-to-sequence
-    model (module.spec's contract says which it is)."""
+    (train/device.py: cpu, cuda, mps, or None for auto), its weights in `dtype` (fp32, bf16 or fp16: the KV cache
+    follows them). The context is the target's for a sequence-to-sequence model (module.spec's contract says
+    which it is)."""
+    from .device import WEIGHT_DTYPES, check_dtype, resolve_device
+    if dtype not in WEIGHT_DTYPES:
+        raise SpecError(f"--dtype must be one of {', '.join(WEIGHT_DTYPES)}, not '{dtype}'", Span("--dtype", 0, 0))
+    target = resolve_device(device)
+    check_dtype(dtype, target)  # before the run is read: a refusal costs nothing
     run = rundir.open_existing(run_dir)
     where = Span(str(run.path), 0, 0)
     folder = run.complete(which) or run.complete("last")
@@ -34,11 +40,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = "cpu
     if tokenizer.mask:
         raise SpecError(f"'{run.path}' holds a masked language model: it fills in [MASK] tokens from both sides and "
                         "does not continue text", where, hint="sample a causal model (GPT, LLaMA, nanoGPT)")
-    from .device import resolve_device
-    where = resolve_device(device)
     module = to_torch(compiled).eval()
     load_run_weights(module, record, folder)  # a LoRA run: its base weights, then its adapters
-    return module.to(where), tokenizer, contract(compiled.model).context
+    return module.to(target, WEIGHT_DTYPES[dtype]), tokenizer, contract(compiled.model).context
 
 
 def _device_of(module) -> torch.device:
