@@ -20,6 +20,7 @@ import os
 import pickle
 import stat
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -115,7 +116,18 @@ def store(text: str, file: str, spec) -> None:
 
 
 def _prune(folder: Path) -> None:
-    entries = [p for p in folder.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith(".")]
+    """Past MAX_ENTRIES, the older half of the entries go, and temporary files a killed process left (an hour old);
+    only files named as this module names them."""
+    entries, left = [], []
+    for p in folder.iterdir():
+        if p.name.endswith(SUFFIX):
+            (left if p.name.startswith(".tmp-") else entries).append(p)
+    for p in left:
+        try:
+            if time.time() - p.stat().st_mtime > 3600:
+                p.unlink()
+        except OSError:
+            pass
     if len(entries) <= MAX_ENTRIES:
         return
     entries.sort(key=lambda p: p.stat().st_mtime)

@@ -110,7 +110,12 @@ def test_old_entries_are_pruned_and_nothing_else(cache, monkeypatch):
     monkeypatch.setattr(parse_cache, "MAX_ENTRIES", 4)
     cache.mkdir(parents=True)
     (cache / "notes.txt").write_text("not ours")
+    stale, fresh = cache / (".tmp-killed" + parse_cache.SUFFIX), cache / (".tmp-writing" + parse_cache.SUFFIX)
+    stale.write_bytes(b"left by a killed process")
+    fresh.write_bytes(b"being written by another")
+    os.utime(stale, (1, 1))
     for i in range(6):
         parse.parse_text(TEXT + f"\n# {i}\n", "gpt2.spec")
     assert 2 <= len(entries(cache)) <= 4
     assert (cache / "notes.txt").read_text() == "not ours"
+    assert not stale.exists() and fresh.exists()
