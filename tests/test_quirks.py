@@ -130,19 +130,23 @@ DECODE = [
 ]
 
 
-@pytest.mark.parametrize("spec,sizes", DECODE, ids=[s if s.endswith(".spec") else s.split("model ")[1].split()[0]
-                                                     for s, _ in DECODE])
-def test_incremental_decoding_equals_the_full_pass(spec, sizes):
-    """A prompt of 5, then one token at a time with the KV cache: each step's logits are the full pass's at that
-    position (rotary and ALiBi positions continue after the cached ones)."""
+def _decoding_case(spec, sizes):
+    """(module with perturbed weights, its Decoder, a batch of 2 x 12 tokens) of one DECODE case."""
     from specdsl.backends.torch_backend import Decoder
     compiled = (specdsl.load(SPECS / spec, overrides=sizes) if spec.endswith(".spec")
                 else specdsl.loads(spec, name="inline.spec", overrides=sizes))
     torch.manual_seed(0)
     module = specdsl.to_torch(compiled).eval()
     perturb(module)
-    decoder = Decoder(module)
-    tokens = torch.randint(0, compiled.model.hyperparameters["vocab"], (2, 12))
+    return module, Decoder(module), torch.randint(0, compiled.model.hyperparameters["vocab"], (2, 12))
+
+
+@pytest.mark.parametrize("spec,sizes", DECODE, ids=[s if s.endswith(".spec") else s.split("model ")[1].split()[0]
+                                                     for s, _ in DECODE])
+def test_incremental_decoding_equals_the_full_pass(spec, sizes):
+    """A prompt of 5, then one token at a time with the KV cache: each step's logits are the full pass's at that
+    position (rotary and ALiBi positions continue after the cached ones)."""
+    module, decoder, tokens = _decoding_case(spec, sizes)
     with torch.no_grad():
         full = module(tokens)
         logits, *cache = decoder(tokens[:, :5], *decoder.empty_cache(batch=2))
@@ -158,14 +162,7 @@ def test_incremental_decoding_equals_the_full_pass(spec, sizes):
 def test_decoding_in_place_equals_the_full_pass(spec, sizes):
     """`specc sample`'s path: Decoder.step writing keys and values into a StaticCache in place (single queries
     without a mask), a prompt of 5 then one token at a time; each step's logits are the full pass's."""
-    from specdsl.backends.torch_backend import Decoder
-    compiled = (specdsl.load(SPECS / spec, overrides=sizes) if spec.endswith(".spec")
-                else specdsl.loads(spec, name="inline.spec", overrides=sizes))
-    torch.manual_seed(0)
-    module = specdsl.to_torch(compiled).eval()
-    perturb(module)
-    decoder = Decoder(module)
-    tokens = torch.randint(0, compiled.model.hyperparameters["vocab"], (2, 12))
+    module, decoder, tokens = _decoding_case(spec, sizes)
     cache = decoder.static_cache(12, batch=2)
     with torch.inference_mode():
         full = module(tokens)
