@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from enum import Enum
 from typing import Optional
@@ -322,8 +323,8 @@ def run() -> None:
         app()
     except SpecError as e:  # pragma: no cover - commands catch their own
         _fail(e)
-    except KeyboardInterrupt:
-        _exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM outside training's own handler (_Terminated)
+        _exit(128 + getattr(e, "signum", signal.SIGINT))
     except RecursionError:
         _exit(EXIT_SPEC_ERROR, "error: input nests too deeply")
     except ModuleNotFoundError as e:
@@ -351,10 +352,21 @@ def run() -> None:
                             "rerun with `specc --debug ...` for the traceback and report it")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `kill` send) stops any command as Ctrl-C does: files being written are removed
+    on the way out, and the exit code is 143. Training handles it itself, saving the step under way first."""
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
 def run_process() -> None:
     """The console script and `python -m specdsl.cli`: `run`, then the process ends without the interpreter's
     teardown once torch is loaded (quick_exit.py says what it saves). Tests call `run` in-process."""
     from .quick_exit import leave
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run()
     except SystemExit as e:

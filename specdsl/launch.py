@@ -26,6 +26,11 @@ from .rendezvous import Rendezvous
 REPORTS = "SPECC_REPORTS"
 # torchrun's own lines: glog-style log lines of torch.distributed's logger, and its OMP_NUM_THREADS banner.
 _TORCHRUN_LOG = re.compile(r"^([DIWEF]\d{4} [\d:.]+ \d+ .*\] |\*{10,}$|Setting OMP_NUM_THREADS environment variable)")
+# torch's C++ log entries (c10's "[W1202 05:49:35.272614317 TCPStore.cpp:138] ..."), and the lines of the C++ stack
+# trace that may follow one: a node whose agent still listens when the store on rank 0's node closes at the end of a
+# run that succeeded prints such a warning, with 30 frames.
+_TORCH_CPP_LOG = re.compile(r"^\[[DIWEF]\d{4} [\d:.]+ [^\]]*\] ")
+_CPP_TRACE = re.compile(r"^(Exception raised from |frame #\d+: |<omitting python frames>|\s*$)")
 
 # torchrun's last line when the nodes never met: its rendezvous' error (c10d), or its store's (static), as
 # torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError or torch.distributed.DistNetworkError: The client
@@ -87,10 +92,24 @@ def _outcome(code: int, report: tuple[int, str] | None, received: list[int], lin
         print("\n".join(lines[-40:]), file=sys.stderr)
         print(f"error: the training processes failed (torchrun exited with {code})", file=sys.stderr)
         return 1
-    kept = [line for line in lines if not _TORCHRUN_LOG.match(line)]  # workers' own warnings
+    kept = _workers_own(lines)
     if kept:
         print("\n".join(kept), file=sys.stderr)
     return 0
+
+
+def _workers_own(lines: list[str]) -> list[str]:
+    """The lines of a successful run's log the workers wrote themselves (their warnings): without torchrun's log
+    lines and torch's C++ log entries, each with the stack trace under it."""
+    kept, in_cpp_entry = [], False
+    for line in lines:
+        if _TORCH_CPP_LOG.match(line):
+            in_cpp_entry = True
+        elif not (in_cpp_entry and _CPP_TRACE.match(line)):
+            in_cpp_entry = False
+            if not _TORCHRUN_LOG.match(line):
+                kept.append(line)
+    return kept
 
 
 def _stopped_elsewhere(code: int) -> str:

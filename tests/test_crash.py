@@ -24,3 +24,22 @@ def test_interrupted_training_resumes_bit_identical(tmp_path, crash_reference, s
 def _finish_here(out):
     done = specc_here(*crash_consistency.arguments(out, resume=True))
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("sent, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_outside_training_exits_128_plus_it_without_a_traceback(sent, code):
+    """CI once SIGTERMed `specc train` after its last step, where training's own handler was already gone: the
+    process died of the signal (-15). Now SIGTERM anywhere in a command stops it as Ctrl-C does: exit 143, no
+    traceback, and the `finally` blocks that remove half-written files run."""
+    import subprocess
+    script = ("import os, signal, sys, time\n"
+              "from specdsl import cli\n"
+              "def command():\n"
+              "    try:\n"
+              f"        os.kill(os.getpid(), signal.{sent}); time.sleep(30)\n"
+              "    finally:\n"
+              "        print('cleaned up')\n"
+              "cli.app = command\n"
+              "cli.run_process()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stdout, done.stderr) == (code, "cleaned up\n", "")

@@ -100,6 +100,24 @@ def test_each_node_says_once_how_the_run_ended(capsys, report, elsewhere, says):
     assert says in err and (says or err == "")
 
 
+def test_a_successful_node_hides_torchs_cpp_warnings_and_keeps_the_workers(capsys):
+    """CI saw this on the node without rank 0 after a run that succeeded: its agent's store client warns, with a C++
+    stack trace, when rank 0's node closes the store. That is torch's noise; a worker's own warning is shown."""
+    from specdsl.launch import _outcome
+    log = ["[W1202 05:49:35.272614317 TCPStore.cpp:138] [c10d] recvValueWithTimeout failed on SocketImpl(fd=3): "
+           "Failed to recv, got 0 bytes. Connection was likely closed. Did the remote server shutdown or crash?",
+           "Exception raised from recvBytes at /__w/pytorch/pytorch/torch/csrc/distributed/c10d/Utils.hpp:787 "
+           "(most recent call first):",
+           "frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x9d (0x7fe331379b8d in libc10.so)",
+           "<omitting python frames>",
+           "frame #34: _start + 0x21 (0x5605e7918081 in /venv/bin/python3)",
+           "",
+           "I0101 00:00:00.000 1 agent.py:1] torchrun's own line",
+           "UserWarning: the worker's own warning"]
+    assert _outcome(0, None, [], log, Rendezvous("2", "h:1", "static", 1), True) == 0
+    assert capsys.readouterr().err == "UserWarning: the worker's own warning\n"
+
+
 @pytest.mark.parametrize("last", ["torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError",
                                   "torch.distributed.DistNetworkError: The client socket has timed out after 600000ms "
                                   "while trying to connect to (head, 29400)."])
