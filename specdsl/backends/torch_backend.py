@@ -33,15 +33,22 @@ class GraphModule(nn.Module):
         for child in module.children:
             self.add_module(child.name, build(child))
         self._ops = tuple((op.op, op.args, op.out, op.target) for op in module.ops)
+        # In eval mode a layer whose kind is the identity then (Dropout) passes its input on, uncalled.
+        passed_in_eval = {child.name for child in module.children
+                          if isinstance(child, ir.Layer) and KINDS[child.kind].identity_in_eval}
+        self._eval_ops = tuple(("pass", args, out, target) if op == "call" and target in passed_in_eval
+                               else (op, args, out, target) for op, args, out, target in self._ops)
         self._inputs = module.inputs
         self._outputs = module.outputs
 
     def run(self, values: dict, skip: frozenset = frozenset()):
         """The ops in order over `values` (refs to tensors); those whose result is in `skip` are not run, their
         result None (an encoder's, while decoding reads its cached keys and values instead)."""
-        for op, args, out, target in self._ops:
+        for op, args, out, target in self._ops if self.training else self._eval_ops:
             if out in skip:
                 values[out] = None
+            elif op == "pass":
+                values[out] = values[args[0]]
             elif op == "call":  # the piped tensor, then any the callee reads beside it (encoder memory)
                 values[out] = self._modules[target](*(values[a] for a in args))
             else:

@@ -202,6 +202,7 @@ class Kind:
     # What the torch module of this kind does besides forward, read by the torch backend:
     aux_loss: bool = False  # sets `.aux_loss` each forward: a load-balancing loss training adds (MoE)
     decode_state: bool = False  # reads a DecodeState at `.decode` while decoding incrementally (KV cache, offsets)
+    identity_in_eval: bool = False  # returns its input unchanged in eval mode (Dropout): not called then
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
