@@ -68,6 +68,33 @@ def test_shared_repeat_is_one_module_applied_n_times_with_summed_gradients():
     assert torch.allclose(shared.get_parameter(f"layer.{name}").grad, total, atol=1e-5)
 
 
+@pytest.mark.parametrize("spec, over", [("nanogpt-shakespeare.spec", dict(vocab=20, ctx=8, d=16, layers=2, heads=2)),
+                                        ("albert.spec", dict(vocab=20, ctx=8, emb=8, d=16, layers=2, heads=2, ffn=20))])
+def test_dropout_is_not_called_in_eval_mode_and_still_drops_in_training(monkeypatch, spec, over):
+    """Dropout declares identity_in_eval: in eval mode the graph passes its input on without the call; in training
+    it still drops. ALBERT's shared repeat body is not a registered module, so it stays in training mode and calls
+    its Dropouts (which are in eval mode: the identity), the same result."""
+    module = specdsl.to_torch(small(spec, **over, dropout=0.5))
+    tokens = torch.randint(0, 20, (2, 8))
+
+    def logits():
+        out = module(tokens)
+        return out[0] if isinstance(out, tuple) else out
+
+    module.train()
+    torch.manual_seed(0)
+    assert not torch.equal(logits(), logits())  # two draws of the mask
+    module.eval()
+    expected = logits()
+    called = []
+    forward = torch.nn.Dropout.forward
+    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: called.append(self) or forward(self, x))
+    assert torch.equal(logits(), expected)
+    shared_body = {id(m) for name, m in module.named_modules()
+                   if isinstance(m, torch.nn.Dropout) and name.startswith("layer.")} if spec == "albert.spec" else set()
+    assert {id(m) for m in called} == shared_body and (spec != "albert.spec" or shared_body)
+
+
 def test_moe_compute_grows_with_top_k_not_with_experts():
     def counted(experts, top_k):
         c = small("mixtral.spec", vocab=30, ctx=8, d=16, layers=1, heads=2, kv_heads=1, ffn=24, experts=experts,
