@@ -95,7 +95,22 @@ def export_program(module, args: tuple, math_attention: bool = False, **kw):
     backend = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
     with quiet(), torch.no_grad(), backend:
         program = torch.onnx.export(module, args, dynamo=True, optimize=False, **kw)
-        return program.model_proto
+        return _inputs_named_back(program.model_proto, kw.get("input_names") or [])
+
+
+def _inputs_named_back(proto, input_names: list[str]):
+    """torch 2.13's exporter names a graph input after the output that returns it unchanged (a model that is the
+    identity in eval mode, such as a lone Dropout): the file then asks for an input called 'output'. The input gets
+    its name back, and an Identity node computes the output from it."""
+    from onnx import helper
+    outputs = {o.name for o in proto.graph.output}
+    for given, graph_input in zip(input_names, proto.graph.input):
+        if graph_input.name in outputs and graph_input.name != given:
+            for node in proto.graph.node:
+                node.input[:] = [given if i == graph_input.name else i for i in node.input]
+            proto.graph.node.insert(0, helper.make_node("Identity", [given], [graph_input.name]))
+            graph_input.name = given
+    return proto
 
 
 def save_graph(proto, metadata: dict[str, str], stage, target: Path, strip_prefix: str = "") -> Path:
