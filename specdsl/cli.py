@@ -369,9 +369,11 @@ def run_process() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         run()
+        code = None
     except SystemExit as e:
-        leave(e.code)
-    leave(None)
+        code = e.code
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the command is done: a late SIGTERM lets it exit with its code
+    leave(code)
 
 
 if __name__ == "__main__":
