@@ -358,7 +358,11 @@ class _Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+_terminated: list[int] = []  # typer turns every KeyboardInterrupt into exit 130: this says it was SIGTERM
+
+
 def _terminate(signum, frame):
+    _terminated.append(signum)
     raise _Terminated
 
 
@@ -371,7 +375,7 @@ def run_process() -> None:
         run()
         code = None
     except SystemExit as e:
-        code = e.code
+        code = 128 + _terminated[0] if e.code == 128 + signal.SIGINT and _terminated else e.code
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the command is done: a late SIGTERM lets it exit with its code
     leave(code)
 

@@ -34,12 +34,13 @@ def test_a_signal_outside_training_exits_128_plus_it_without_a_traceback(sent, c
     import subprocess
     script = ("import os, signal, sys, time\n"
               "from specdsl import cli\n"
-              "def command():\n"
+              "@cli.app.command('wait')\n"  # a command through typer, which turns KeyboardInterrupt into exit 130
+              "def wait():\n"
               "    try:\n"
               f"        os.kill(os.getpid(), signal.{sent}); time.sleep(30)\n"
               "    finally:\n"
               "        print('cleaned up')\n"
-              "cli.app = command\n"
+              "sys.argv = ['specc', 'wait']\n"
               "cli.run_process()\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert (done.returncode, done.stdout, done.stderr) == (code, "cleaned up\n", "")
