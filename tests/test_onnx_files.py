@@ -154,6 +154,24 @@ def test_a_data_file_specc_did_not_write_is_never_replaced(tmp_path):
     assert theirs.read_bytes() == b"someone's data" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.data"]
 
 
+def test_an_inline_export_over_an_external_one_removes_only_its_data_file(tmp_path):
+    """The replaced external export's data file goes with it (nothing names it any more, and it can hold
+    gigabytes); a data file the replaced .onnx did not name stays."""
+    out = tmp_path / "m.onnx"
+    done = specc_here("export", SPECS / "mlp.spec", "--onnx", "-o", out, "--external-data")
+    assert done.returncode == 0 and (tmp_path / "m.onnx.data").is_file(), done.stderr
+    done = specc_here("export", SPECS / "mlp.spec", "--onnx", "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert count_parameters(out) == specdsl.load(SPECS / "mlp.spec").analysis.total
+    other = tmp_path / "n.onnx"
+    done = specc_here("export", SPECS / "mlp.spec", "--onnx", "-o", other)  # inline; then someone's n.onnx.data
+    theirs = tmp_path / "n.onnx.data"
+    theirs.write_bytes(b"someone's data")
+    done = specc_here("export", SPECS / "mlp.spec", "--onnx", "-o", other)
+    assert done.returncode == 0 and theirs.read_bytes() == b"someone's data", done.stderr
+
+
 # ---- fp16 ----
 
 def test_bf16_and_fp16_with_int8_are_refused_clearly(tmp_path):

@@ -123,12 +123,30 @@ class Staging:
         return staged
 
     def publish(self) -> None:
-        """Rename every staged file onto its target, each data file before its .onnx."""
+        """Rename every staged file onto its target, each data file before its .onnx. An inline graph that replaces
+        an external one (an earlier `--external-data` export to the same name) removes that one's data file after
+        it: nothing names it any more, and it can hold gigabytes."""
         for target in self.staged:
             if self.external:
                 _rename(data_file(self.folder / target.name), data_file(target))
+                _rename(self.folder / target.name, target)
+                continue
+            orphaned = data_file(target) if _names_its_data_file(target) else None
             _rename(self.folder / target.name, target)
+            if orphaned is not None:
+                orphaned.unlink(missing_ok=True)
         self.staged = []
+
+
+def _names_its_data_file(target: Path) -> bool:
+    """Whether `target` is an external export whose weights are in OUT.onnx.data beside it (read only when that
+    file exists: the common case, an inline file replacing an inline one, parses nothing)."""
+    if not data_file(target).is_file() or not target.is_file():
+        return False
+    try:
+        return external_location(target) == data_file(target).name
+    except Exception:  # not an ONNX file: the neighbour is not its data
+        return False
 
 
 def _rename(staged: Path, target: Path) -> None:
