@@ -62,7 +62,9 @@ def decode_source(data: bytes, file: str) -> str:
         line = text.count("\n", 0, at) + 1
         col = at - (text.rfind("\n", 0, at) + 1) + 1
         raise SpecError("file contains a NUL byte: is it a binary file?", Span(file, line, col))
-    return text
+    # A UTF-8 byte order mark opens files saved by Windows editors (Notepad's "UTF-8 with BOM"); it is no
+    # character of the spec, and editors do not show it, so columns count from what follows it.
+    return text.removeprefix("\ufeff")
 
 
 _CACHE: dict[tuple[str, str], S.SpecFile] = {}

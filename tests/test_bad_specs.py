@@ -603,6 +603,20 @@ def test_not_utf8_points_at_the_byte(tmp_path):
     assert (d.span.line, d.span.col) == (2, 17) and "not UTF-8" in d.message
 
 
+def test_a_windows_file_with_a_byte_order_mark_and_crlf_compiles_and_locates_as_shown(tmp_path):
+    """Notepad's "UTF-8 with BOM" and CRLF line ends: the same model as the plain file, and an error's column is
+    the one an editor shows (the mark is not counted)."""
+    text = "param d = 4\nmodel m {\n    input x: float[b, d]\n    return x -> Linear(d, 2)\n}\n"
+    plain, windows = tmp_path / "plain.spec", tmp_path / "windows.spec"
+    plain.write_text(text)
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert specdsl.load(windows).analysis.total == specdsl.load(plain).analysis.total == 10
+    windows.write_bytes(b"\xef\xbb\xbfparam d = 4 +\r\n")
+    with pytest.raises(SpecError) as info:
+        specdsl.load(windows)
+    assert info.value.errors[0].span.line == 1 and "\ufeff" not in str(info.value)
+
+
 def test_long_sum_is_located(tmp_path):
     path = tmp_path / "sum.spec"
     path.write_text("param d = 64\n\nparam x = " + "+".join(["1"] * 20_000) + "\n" + PLAIN)
