@@ -86,6 +86,7 @@ sys.path.insert(0, str(ROOT))  # time the working tree's specdsl
 import specdsl  # noqa: E402
 from specdsl.backends.onnx_export import export  # noqa: E402
 from specdsl.backends.onnx_generate import OnnxGenerator  # noqa: E402
+from specdsl.backends.torch_backend import Decoder  # noqa: E402
 from specdsl.context_window import DEFAULT_OVERFLOW, OVERFLOW_POLICIES, prompt_start, window_start  # noqa: E402
 from specdsl.contract import contract  # noqa: E402
 from specdsl.tokenizer import Tokenizer  # noqa: E402
@@ -270,6 +271,47 @@ def versus_hf(module, hf, generator: OnnxGenerator, ctx: int, args) -> dict:
     return {"new": new, **timed(fns, new, args)}
 
 
+def matrix_products(module, ctx: int, args) -> dict:
+    """What the matrix products cost of a one-token decoding step (Decoder.step on the static cache, as `specc
+    sample` runs it): the step timed as is and with every nn.Linear replaced by a no-op that returns a preallocated
+    output of its shape, alternated, medians. Hugging Face multiplies by the same weights through the same kernel
+    (MKL's sgemm), so against HF generate PyTorch can be at most HF's time per token / the products' time faster,
+    were everything else free."""
+    decoder, linears = Decoder(module), [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    cache, last = decoder.static_cache(ctx), torch.zeros(1, 1, dtype=torch.long)
+    steps = min(30, ctx - PROMPT)
+
+    def step_ms() -> float:
+        cache.length = 0
+        decoder.step(torch.zeros(1, PROMPT, dtype=torch.long), cache)
+        t0 = time.perf_counter_ns()
+        for _ in range(steps):
+            decoder.step(last, cache)
+        return (time.perf_counter_ns() - t0) / 1e6 / steps
+
+    def no_op(m):
+        outputs: dict[torch.Size, torch.Tensor] = {}  # one per input shape (the prompt's, a token's)
+
+        def forward(x):
+            if x.shape not in outputs:
+                outputs[x.shape] = torch.zeros(*x.shape[:-1], m.out_features)
+            return outputs[x.shape]
+        return forward
+
+    times: dict[str, list[float]] = {"step": [], "without products": []}
+    with torch.inference_mode():
+        step_ms()  # warm-up
+        for _ in range(3 * args.gen_rounds):
+            times["step"].append(step_ms())
+            for m in linears:
+                m.forward = no_op(m)
+            times["without products"].append(step_ms())
+            for m in linears:
+                del m.forward  # nn.Linear.forward again
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {**med, "products": med["step"] - med["without products"]}
+
+
 def timed(fns: dict, new: int, args) -> dict:
     """One untimed run of each (the tokens, compared with the first's), then `gen_rounds` rounds, the order rotating
     and flipping; tokens/s from the median wall time of a run."""
@@ -332,6 +374,7 @@ def bench_model(label: str, spec: Path, overrides: dict, activation: str, args) 
         gens.append(g)
     hf_run = versus_hf(module, hf, decode, ctx, args)
     print(f"  generation against Hugging Face generate: prompt {PROMPT} tokens + {hf_run['new']} new", flush=True)
+    hf_run["products"] = matrix_products(module, ctx, args)
     note = load.summary()
     print(f"  during this model's measurements: {note}")
     return {"label": label, "seq": seq, "ctx": ctx, "fwd": fwd, "gens": gens, "hf": hf_run, "load": note}
@@ -399,6 +442,11 @@ def print_versus_hf(label: str, g: dict) -> list[tuple[bool, str]]:
     ratio = g["tps"]["torch, cache"] / g["tps"]["HF generate"]
     per_round = statistics.median(h / t for h, t in zip(g["times"]["HF generate"], g["times"]["torch, cache"]))
     vs_ort = g["tps"][ORT_MAIN] / g["tps"]["torch, cache"]
+    products, hf_ms = g["products"], g["med"]["HF generate"] / g["new"] * 1e3
+    print(f"  one-token step (PyTorch, cache): {products['step']:.2f} ms, of which the matrix products "
+          f"{products['products']:.2f} ms ({products['products'] / products['step']:.0%}; timed against the step with "
+          f"them replaced by no-ops). HF generate's {hf_ms:.2f} ms/token runs the same products: with all else free "
+          f"PyTorch could be at most {hf_ms / products['products']:.2f}x HF")
     return [(ratio >= GOAL_VS_HF and all_agree,
              f"{label}: PyTorch generation with cache vs HF generate = {ratio:.2f}x tokens/s (goal >= {GOAL_VS_HF}x; "
              f"per-round {per_round:.2f}x; {g['tps']['torch, cache']:,.1f} vs {g['tps']['HF generate']:,.1f} "
