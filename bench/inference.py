@@ -47,6 +47,9 @@ as is. onnxruntime runs them on the CPUExecutionProvider with its default graph 
    use_cache=True) on the same weights, with onnxruntime's beside it: a prompt of 8 tokens, then min(new, ctx - 8)
    greedy tokens (HF's GPT-2 has no positions past n_positions, so the text stays within the context); timed as in
    2, the ids of all three must agree.
+4. What bounds 3: the time of a one-token step (Decoder.step on the static cache) and its time with every nn.Linear
+   replaced by a no-op, alternated (matrix_products). HF multiplies by the same weights through the same kernel, so
+   HF's time per token over the products' time is the most PyTorch could gain, were everything else free.
 
 Goals, printed PASS/FAIL per model: PyTorch generation with a cache >= 2x the tokens/s of Hugging Face generate
 (issue 13); onnxruntime generation >= 1.5x the tokens/s of PyTorch with a cache and >= 4x
