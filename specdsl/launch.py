@@ -26,10 +26,11 @@ from .rendezvous import Rendezvous
 REPORTS = "SPECC_REPORTS"
 # torchrun's own lines: glog-style log lines of torch.distributed's logger, and its OMP_NUM_THREADS banner.
 _TORCHRUN_LOG = re.compile(r"^([DIWEF]\d{4} [\d:.]+ \d+ .*\] |\*{10,}$|Setting OMP_NUM_THREADS environment variable)")
-# torch's C++ log entries (c10's "[W1202 05:49:35.272614317 TCPStore.cpp:138] ..."), and the lines of the C++ stack
-# trace that may follow one: a node whose agent still listens when the store on rank 0's node closes at the end of a
-# run that succeeded prints such a warning, with 30 frames.
-_TORCH_CPP_LOG = re.compile(r"^\[[DIWEF]\d{4} [\d:.]+ [^\]]*\] ")
+# torch's C++ log entries (c10's "[W1202 05:49:35.272614317 TCPStore.cpp:138] ...", "[rank1]:" before it once a
+# process group names the rank), and the lines of the C++ stack trace that may follow one: a node whose agent still
+# listens when the store on rank 0's node closes at the end of a run that succeeded prints such a warning, with 30
+# frames.
+_TORCH_CPP_LOG = re.compile(r"^(\[rank\d+\]:)?\[[DIWEF]\d{4} [\d:.]+ [^\]]*\] ")
 _CPP_TRACE = re.compile(r"^(Exception raised from |frame #\d+: |<omitting python frames>|\s*$)")
 
 # torchrun's last line when the nodes never met: its rendezvous' error (c10d), or its store's (static), as

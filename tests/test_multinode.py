@@ -112,6 +112,7 @@ def test_a_successful_node_hides_torchs_cpp_warnings_and_keeps_the_workers(capsy
            "<omitting python frames>",
            "frame #34: _start + 0x21 (0x5605e7918081 in /venv/bin/python3)",
            "",
+           "[rank1]:[W1202 05:49:36.000000000 ProcessGroupGloo.cpp:1] Warning: a rank's own C++ warning",
            "I0101 00:00:00.000 1 agent.py:1] torchrun's own line",
            "UserWarning: the worker's own warning"]
     assert _outcome(0, None, [], log, Rendezvous("2", "h:1", "static", 1), True) == 0
