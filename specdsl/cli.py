@@ -323,8 +323,8 @@ def run() -> None:
         app()
     except SpecError as e:  # pragma: no cover - commands catch their own
         _fail(e)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM outside training's own handler (_Terminated)
-        _exit(128 + getattr(e, "signum", signal.SIGINT))
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM: run_process says which)
+        _exit(130)
     except RecursionError:
         _exit(EXIT_SPEC_ERROR, "error: input nests too deeply")
     except ModuleNotFoundError as e:
@@ -352,18 +352,15 @@ def run() -> None:
                             "rerun with `specc --debug ...` for the traceback and report it")
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers and `kill` send) stops any command as Ctrl-C does: files being written are removed
-    on the way out, and the exit code is 143. Training handles it itself, saving the step under way first."""
-    signum = signal.SIGTERM
-
-
-_terminated: list[int] = []  # typer turns every KeyboardInterrupt into exit 130: this says it was SIGTERM
+_terminated: list[int] = []  # the SIGTERM that stopped the command, if one did
 
 
 def _terminate(signum, frame):
+    """SIGTERM (what schedulers and `kill` send) stops any command as Ctrl-C does: files being written are removed
+    on the way out. Typer turns every KeyboardInterrupt into exit 130; run_process makes it 143. Training handles
+    both signals itself, saving the step under way first (train/loop.py)."""
     _terminated.append(signum)
-    raise _Terminated
+    raise KeyboardInterrupt
 
 
 def run_process() -> None:

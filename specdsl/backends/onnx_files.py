@@ -127,11 +127,11 @@ class Staging:
         an external one (an earlier `--external-data` export to the same name) removes that one's data file after
         it: nothing names it any more, and it can hold gigabytes."""
         for target in self.staged:
+            orphaned = None
             if self.external:
                 _rename(data_file(self.folder / target.name), data_file(target))
-                _rename(self.folder / target.name, target)
-                continue
-            orphaned = data_file(target) if _names_its_data_file(target) else None
+            elif _names_its_data_file(target):
+                orphaned = data_file(target)
             _rename(self.folder / target.name, target)
             if orphaned is not None:
                 orphaned.unlink(missing_ok=True)
