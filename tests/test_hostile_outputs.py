@@ -288,12 +288,17 @@ def test_crafted_metadata_is_a_located_error(exported, tmp_path, key, value):
 def test_inspect_shows_metadata_as_text(exported, tmp_path):
     out = exported[1]
     hostile = "[/x] [bold]\x1b[2J\x1b]0;title\x07\u202e"
-    crafted = _with_metadata(out, tmp_path / "c.onnx", {"specc.model": hostile, "specc.params": "[/x]",
-                                                        "specc.spec": "line 1\n\x1b[31mline 2"})
+    crafted = _with_metadata(out, tmp_path / "c.onnx", {
+        "specc.model": hostile, "specc.params": "[/x]", "specc.spec": "line 1\n\x1b[31mline 2",
+        "specc.sources": json.dumps([{"name": hostile, "text": "a\nb"}]), "specc.extra": "x" * 5000,
+        "specc.tokenizer": json.dumps({"kind": hostile, "model": "y" * 3000})})
     code, shown, err = specc("inspect", crafted)
     assert code == 0, err
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "specc.model: [/x] [bold]␛[2J␛]0;title␇\ufffd" in shown and "line 1\n␛[31mline 2" in shown
+    assert "specc.sources: 1 file: [/x] [bold]␛[2J␛]0;title␇\ufffd (2 lines)" in shown
+    assert "specc.extra: " + "x" * 200 + "... (5,000 characters)" in shown and "x" * 201 not in shown
+    assert "a tokenizer.json of 3,000 characters" in shown and "yyy" not in shown
 
 
 @pytest.mark.slow  # the export fixture

@@ -3,6 +3,7 @@ are dynamic, the file describes itself, the KV cache changes nothing, and bad in
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -137,6 +138,13 @@ def test_metadata_round_trip_and_inspect(trained_export, specc_cmd):
     assert meta["specc.version"] == specdsl.__version__
     shown = subprocess.run(specc_cmd + ["inspect", str(out)], capture_output=True, text=True)  # a real process
     assert shown.returncode == 0 and f"parameters in the file: {int(meta['specc.params']):,}" in shown.stdout
+    # the sources and the tokenizer summed up (a subword tokenizer.json is megabytes), the spec itself in full
+    lines = len((SPECS / "std/transformer.spec").read_text().splitlines())
+    assert re.search(rf"specc.sources: 2 files: \S*nanogpt-shakespeare.spec \(\d+ lines\), "
+                     rf"\S*std/transformer.spec \({lines} lines\)", shown.stdout), shown.stdout
+    chars = len(json.loads(meta["specc.tokenizer"])["chars"])
+    assert f"specc.tokenizer: char, {chars} characters\n" in shown.stdout
+    assert shown.stdout.count("block gpt_block") == 0 and meta["specc.spec"] in shown.stdout
     assert _without_metadata(out.with_name("m.int8.onnx")) < _without_metadata(out) / 2
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -102,8 +103,8 @@ def test_an_export_writes_three_graphs_each_checked_as_a_target_first(tmp_path):
     from specdsl.backends.onnx_generate import export_paths
     model = specdsl.load(REVERSE).model
     out = tmp_path / "m.onnx"
-    assert [p.name for p in export_paths(model, out, "int8")] == ["m.onnx", "m.encode.onnx", "m.decode.onnx",
-                                                                  "m.int8.onnx"]
+    assert [p.name for p in export_paths(model, out, "int8")] == [
+        "m.onnx", "m.encode.onnx", "m.decode.onnx", "m.int8.onnx", "m.int8.encode.onnx", "m.int8.decode.onnx"]
     (tmp_path / "m.encode.onnx").mkdir()
     with pytest.raises(SpecError, match="it is a directory"):
         export_paths(model, out, None)
@@ -253,6 +254,21 @@ def test_generate_on_onnxruntime_prints_what_sample_prints(exported, specc_cmd, 
     assert generated.returncode == 0 and generated.stdout == capsys.readouterr().out
     long = _cli(specc_cmd, "generate", folder / "rev.onnx", "--prompt", "a" * 17)
     assert long.returncode == 2 and "source takes at most 16" in long.stderr
+
+
+@pytest.mark.slow
+def test_the_int8_export_generates_with_its_own_three_graphs(exported, specc_cmd):
+    """--quantize int8 writes an int8 encoder graph and decoding graph beside OUT.int8.onnx (without the encoder
+    graph, generate on the int8 file was an error), and the shared embedding and head are one int8 table."""
+    run, folder, report = exported
+    assert "rev.int8.encode.onnx: its encoder graph" in report and "rev.int8.decode.onnx: its decoding" in report
+    fp32 = _cli(specc_cmd, "generate", folder / "rev.onnx", "--prompt", "hello", "--temperature", 0)
+    for graph in ("rev.int8.onnx", "rev.int8.encode.onnx", "rev.int8.decode.onnx"):
+        int8 = _cli(specc_cmd, "generate", folder / graph, "--prompt", "hello", "--temperature", 0)
+        assert int8.returncode == 0 and len(int8.stdout.strip()) >= len(fp32.stdout.strip()) - 2, int8.stderr
+    inspected = _cli(specc_cmd, "inspect", folder / "rev.int8.onnx").stdout
+    declared = re.search(r"specc.params: (\d+)", inspected).group(1)
+    assert f"parameters in the file: {int(declared):,} (the spec says {int(declared):,})" in inspected
 
 
 @pytest.mark.slow

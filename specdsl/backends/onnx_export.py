@@ -45,6 +45,7 @@ from .onnx_graph import (
     tolerance,
     torch_dtype,
 )
+from .onnx_int8 import share_tied_tables
 from .onnx_seq2seq import export_graphs
 from .onnx_weights import constants_to_nodes
 from .seq2seq_graphs import check_memory_only
@@ -183,10 +184,12 @@ def _export_checked(compiled, out: Path, module, tokenizer: dict | None, quantiz
     report["bytes"] = _bytes(out, stage.external)
     if quantize:
         report["quantized"] = _quantize(out, quantize, val_task, input_names, stage)
-        if "decode" in report:  # OUT.int8.decode.onnx beside OUT.int8.onnx: `specc generate OUT.int8.onnx` decodes
-            decode = Path(report["decode"]["file"])
-            report["quantized"]["decode"] = _quantize(decode, quantize, None, [], stage,
-                                                      companion(companion(out, "int8"), "decode"))
+        # OUT.int8.encode.onnx and OUT.int8.decode.onnx beside OUT.int8.onnx: `specc generate OUT.int8.onnx` finds
+        # the graphs it runs by name, as beside OUT.onnx
+        for graph in ("encode", "decode"):
+            if graph in report:
+                report["quantized"][graph] = _quantize(Path(report[graph]["file"]), quantize, None, [], stage,
+                                                       companion(companion(out, "int8"), graph))
     return report
 
 
@@ -301,6 +304,7 @@ def _quantize(path: Path, kind: str, val_task, input_names: list[str], stage: St
         quantize_dynamic(str(folded), str(quantized), weight_type=QuantType.QInt8,
                          use_external_data_format=stage.external)
     proto = onnx.load(str(quantized))
+    share_tied_tables(proto)
     constants_to_nodes(proto, onnx.load(str(path), load_external_data=False))
     for entry in proto.metadata_props:  # the weights are int8 now (onnxruntime keeps the fp32 graph's metadata)
         if entry.key == "specc.dtype":

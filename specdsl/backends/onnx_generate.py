@@ -52,10 +52,13 @@ def export_paths(model, out: str | Path, quantize: str | None, dtype: str = "fp3
         paths += [companion(out, "encode"), companion(out, "decode")]
     elif facts.language_model and facts.causal:
         paths.append(companion(out, "decode"))
-    if quantize:
-        paths.append(companion(out, "int8"))
-        if facts.language_model and facts.causal and facts.cache:  # the int8 decoding graph, for generate
-            paths.append(companion(companion(out, "int8"), "decode"))
+    if quantize:  # OUT.int8.onnx, and the int8 graphs generate runs beside it
+        int8 = companion(out, "int8")
+        paths.append(int8)
+        if facts.source is not None:
+            paths += [companion(int8, "encode"), companion(int8, "decode")]
+        elif facts.language_model and facts.causal and facts.cache:
+            paths.append(companion(int8, "decode"))
     for path in paths:
         check_output(path)
         if external:

@@ -140,9 +140,10 @@ def _print_report(console: Console, r: dict) -> None:
             line += (f"; validation loss {q['val_loss']['fp32']:.4f} -> {q['val_loss']['int8']:.4f} "
                      f"({q['val_loss_change']:+.4f})")
         console.print(line)
-        if "decode" in q:
-            console.print(f"wrote [bold]{_shown(q['decode']['file'])}[/bold]: its decoding graph, "
-                          f"{q['decode']['bytes']:,} bytes (specc generate on the int8 file uses it)")
+        for graph, what in (("encode", "its encoder graph"), ("decode", "its decoding graph")):
+            if graph in q:
+                console.print(f"wrote [bold]{_shown(q[graph]['file'])}[/bold]: {what}, {q[graph]['bytes']:,} bytes "
+                              "(specc generate on the int8 file uses it)")
 
 
 def _print_checks(console: Console, checks: list[dict]) -> None:
@@ -168,7 +169,7 @@ def inspect_command(path: str) -> None:
             console.print(Text.assemble((printable(key), "bold"), ":"))
             console.print(Text(printable(value, keep="\t\n")))
         else:
-            console.print(Text.assemble((printable(key), "bold"), ": ", printable(value)))
+            console.print(Text.assemble((printable(key), "bold"), ": ", printable(_shown_value(key, value))))
     weights = read_weights(path)
     console.print(Text.assemble(("parameters in the file", "bold"), f": {weights.count:,}",
                                 _declared(meta, weights)))
@@ -185,16 +186,45 @@ def inspect_command(path: str) -> None:
         console.print(Text.assemble(("weights stored in", "bold"), f": {printable(str(data))} ({shown})"))
 
 
+LONGEST_SHOWN = 1000  # characters of a metadata value shown whole; a longer one is cut, saying how long it is
+
+
+def _shown_value(key: str, value: str) -> str:
+    """A metadata value as inspect shows it. The sources and the tokenizer are summed up: they are the spec files'
+    text and a tokenizer.json (megabytes for a subword vocabulary), printed in full by `specc.spec` and read by
+    `specc generate`. Anything else longer than LONGEST_SHOWN is cut."""
+    import json
+    try:
+        data = json.loads(value) if key in ("specc.sources", "specc.tokenizer") and value else None
+    except ValueError:
+        data = None
+    if key == "specc.sources" and isinstance(data, list) and all(
+            isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("text"), str) for f in data):
+        return f"{len(data)} file{'s' * (len(data) != 1)}: " + ", ".join(
+            f"{f['name']} ({len(f['text'].splitlines())} lines)" for f in data)
+    if key == "specc.tokenizer" and isinstance(data, dict) and isinstance(data.get("kind"), str):
+        chars, model = data.get("chars"), data.get("model")
+        shown = data["kind"]
+        if isinstance(chars, str) and chars:
+            shown += f", {len(chars)} characters"
+        if isinstance(model, str) and model:
+            shown += f", a tokenizer.json of {len(model):,} characters"
+        return shown + "".join(f", {name}" for flag, name in (("mask", "[MASK]"), ("bos_eos", "[BOS] and [EOS]"))
+                               if data.get(flag) is True)
+    if len(value) > LONGEST_SHOWN:
+        return f"{value[:200]}... ({len(value):,} characters)"
+    return value
+
+
 def _declared(meta: dict[str, str], weights) -> str:
     """What the spec says of the count (its metadata specc.params), and why the file's differs where it may."""
     declared = meta.get("specc.params", "")
     if not (declared.isascii() and declared.isdigit() and len(declared) < 100):  # a count, not whatever a file says
         return ""
     spec = int(declared)
-    if weights.quantized and weights.count > spec:  # measured: a tied embedding and head, quantized once for each
+    if weights.quantized and weights.count > spec:  # a weight quantized once per reader that onnx_int8 left
         return (f" (the spec says {spec:,}; the int8 file holds {weights.count - spec:,} more: onnxruntime's "
-                "quantizer stores a weight read by two operators, as a tied embedding and output head, once for "
-                "each)")
+                "quantizer stores a weight read by two operators once for each)")
     part = {"encode": "the encoder graph", "decode": "the decoding graph"}.get(meta.get("specc.graph", ""))
     if part and weights.count != spec:  # an encoder-decoder's graphs hold the weights each reads
         return f" ({part}'s part of the spec's {spec:,})"
