@@ -7,12 +7,15 @@ folder, is an error, never something we replace or create.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .errors import Span, SpecError
 
@@ -116,6 +119,30 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Rename a finished temporary file onto `path`, with `output_mode(path)`."""
     os.chmod(tmp, output_mode(path))
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done: renames that belong together (a graph and its data file,
+    the graphs of one export) are all made or none. A signal that came meanwhile is raised again at the end of the
+    block, under the handler it would have met. Handlers, not a signal mask: a mask holds a signal for one thread
+    only, and the kernel hands a process's signal to any thread that does not block it (torch's and onnxruntime's
+    workers). Only the main thread sets handlers; elsewhere, or under a handler Python did not install, a no-op."""
+    names = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in names}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    caught: list[int] = []
+    for s in names:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes]) -> None:

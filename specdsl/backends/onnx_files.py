@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import Span, SpecError
-from ..io import publish
+from ..io import publish, signals_held
 from .onnx_weights import is_weight
 
 # Bytes of weights above which they go to a data file. protobuf refuses to serialize a message past 2 GiB
@@ -123,19 +123,22 @@ class Staging:
         return staged
 
     def publish(self) -> None:
-        """Rename every staged file onto its target, each data file before its .onnx. An inline graph that replaces
-        an external one (an earlier `--external-data` export to the same name) removes that one's data file after
-        it: nothing names it any more, and it can hold gigabytes."""
-        for target in self.staged:
-            orphaned = None
-            if self.external:
-                _rename(data_file(self.folder / target.name), data_file(target))
-            elif _names_its_data_file(target):
-                orphaned = data_file(target)
-            _rename(self.folder / target.name, target)
-            if orphaned is not None:
-                orphaned.unlink(missing_ok=True)
-        self.staged = []
+        """Rename every staged file onto its target, each data file before its .onnx, with Ctrl-C and SIGTERM held
+        until the last (a new data file under an old .onnx, or a new graph beside its predecessor's decoding graph,
+        would be a broken pair). An inline graph that replaces an external one (an earlier `--external-data` export
+        to the same name) removes that one's data file after it: nothing names it any more, and it can hold
+        gigabytes."""
+        with signals_held():
+            for target in self.staged:
+                orphaned = None
+                if self.external:
+                    _rename(data_file(self.folder / target.name), data_file(target))
+                elif _names_its_data_file(target):
+                    orphaned = data_file(target)
+                _rename(self.folder / target.name, target)
+                if orphaned is not None:
+                    orphaned.unlink(missing_ok=True)
+            self.staged = []
 
 
 def _names_its_data_file(target: Path) -> bool:
