@@ -4,6 +4,7 @@ report, `specc inspect`, generated text) stays safe whatever a spec, a path or a
 import ast
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -299,6 +300,10 @@ def test_inspect_shows_metadata_as_text(exported, tmp_path):
     assert "specc.sources: 1 file: [/x] [bold]␛[2J␛]0;title␇\ufffd (2 lines)" in shown
     assert "specc.extra: " + "x" * 200 + "... (5,000 characters)" in shown and "x" * 201 not in shown
     assert "a tokenizer.json of 3,000 characters" in shown and "yyy" not in shown
+    many = _with_metadata(out, tmp_path / "many.onnx",
+                          {"specc.sources": json.dumps([{"name": "n" * 100, "text": ""}] * 50)})
+    code, shown, err = specc("inspect", many)
+    assert code == 0 and re.search(r"specc.sources: 50 files: n+ \(0 lines\), n+\.\.\. \([\d,]+ characters\)", shown)
 
 
 @pytest.mark.slow  # the export fixture

@@ -192,7 +192,14 @@ LONGEST_SHOWN = 1000  # characters of a metadata value shown whole; a longer one
 def _shown_value(key: str, value: str) -> str:
     """A metadata value as inspect shows it. The sources and the tokenizer are summed up: they are the spec files'
     text and a tokenizer.json (megabytes for a subword vocabulary), printed in full by `specc.spec` and read by
-    `specc generate`. Anything else longer than LONGEST_SHOWN is cut."""
+    `specc generate`. Whatever is shown is cut past LONGEST_SHOWN characters (a crafted file's names too)."""
+    shown = _summed_up(key, value)
+    if len(shown) > LONGEST_SHOWN:
+        return f"{shown[:200]}... ({len(shown):,} characters)"
+    return shown
+
+
+def _summed_up(key: str, value: str) -> str:
     import json
     try:
         data = json.loads(value) if key in ("specc.sources", "specc.tokenizer") and value else None
@@ -211,8 +218,6 @@ def _shown_value(key: str, value: str) -> str:
             shown += f", a tokenizer.json of {len(model):,} characters"
         return shown + "".join(f", {name}" for flag, name in (("mask", "[MASK]"), ("bos_eos", "[BOS] and [EOS]"))
                                if data.get(flag) is True)
-    if len(value) > LONGEST_SHOWN:
-        return f"{value[:200]}... ({len(value):,} characters)"
     return value
 
 
