@@ -190,6 +190,7 @@ def _export_checked(compiled, out: Path, module, tokenizer: dict | None, quantiz
             if graph in report:
                 report["quantized"][graph] = _quantize(Path(report[graph]["file"]), quantize, None, [], stage,
                                                        companion(companion(out, "int8"), graph))
+        stage.publish()  # the int8 graphs together, as the fp32 ones above
     return report
 
 
@@ -309,13 +310,12 @@ def _quantize(path: Path, kind: str, val_task, input_names: list[str], stage: St
     for entry in proto.metadata_props:  # the weights are int8 now (onnxruntime keeps the fp32 graph's metadata)
         if entry.key == "specc.dtype":
             entry.value = "int8"
-    stage.write(proto, target)  # under its final name, its data file named after it
-    stage.publish()
-    report = {"file": str(target), "bytes": _bytes(target, stage.external),
-              "fp32_bytes": _bytes(path, stage.external)}
+    # Staged under its final name, its data file named after it; the caller publishes the int8 graphs together.
+    staged = stage.write(proto, target)
+    report = {"file": str(target), "bytes": _bytes(staged, stage.external), "fp32_bytes": _bytes(path, stage.external)}
     if val_task is not None:  # a language model trained on text: its training objective on the validation split
         losses = {}
-        for name, p in (("fp32", path), ("int8", target)):
+        for name, p in (("fp32", path), ("int8", staged)):
             session = open_session(p)
             gen = torch.Generator().manual_seed(7)
             total = []
