@@ -26,8 +26,9 @@ as is. onnxruntime runs them on the CPUExecutionProvider with its default graph 
    (i)   PyTorch without a cache: specdsl.train.sample.generate(cache=False), a full forward over the window every
          step (nanoGPT's generate);
    (ii)  PyTorch with a cache: the same function as `specc sample` runs it (specdsl's Decoder): the prompt in one
-         call, then one token a call; when the window moves its tokens are run again as a prompt (learned absolute
-         positions: a moved window invalidates the cache);
+         call, then one token a call (by the traced flat step, specdsl/backends/flat_step.py); when the window
+         moves its tokens are run again as a prompt (learned absolute positions: a moved window invalidates the
+         cache);
    (iii) onnxruntime with a cache: OnnxGenerator.generate, as `specc generate` runs it (session.run with the
          present.* arrays fed back as the next call's past.*), with intra_op_num_threads as above.
    (An IOBinding driver, keeping the cache as OrtValues between calls, was measured no faster, 0.94-1.17x: a
@@ -71,6 +72,8 @@ The exit code is 0 whatever the result.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import gc
 import os
 import statistics
@@ -276,15 +279,21 @@ def versus_hf(module, hf, generator: OnnxGenerator, ctx: int, args) -> dict:
 
 def matrix_products(module, ctx: int, args) -> dict:
     """What the matrix products cost of a one-token decoding step (Decoder.step on the static cache, as `specc
-    sample` runs it): the step timed as is and with every nn.Linear replaced by a no-op that returns a preallocated
-    output of its shape, alternated, medians. Hugging Face multiplies by the same weights through the same kernel
-    (MKL's sgemm), so against HF generate PyTorch can be at most HF's time per token / the products' time faster,
-    were everything else free."""
-    decoder, linears = Decoder(module), [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
-    cache, last = decoder.static_cache(ctx), torch.zeros(1, 1, dtype=torch.long)
-    steps = min(30, ctx - PROMPT)
+    sample` runs it, the flat step of specdsl/backends/flat_step.py): the step timed as is, and a copy of the model
+    whose every nn.Linear is a no-op (a view of its input's first feature, expanded to the output's width, so
+    that the flat step traces it too), alternated, medians. Hugging Face multiplies by the same weights through the
+    same kernel (MKL's sgemm), so against HF generate PyTorch can be at most HF's time per token / the products'
+    time faster, were everything else free."""
+    without = copy.deepcopy(module)
+    for m in without.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.forward = functools.partial(_no_product, width=m.out_features)
+    runs = {"step": Decoder(module), "without products": Decoder(without)}
+    caches = {name: decoder.static_cache(ctx) for name, decoder in runs.items()}
+    last, steps = torch.zeros(1, 1, dtype=torch.long), min(30, ctx - PROMPT)
 
-    def step_ms() -> float:
+    def step_ms(name: str) -> float:
+        decoder, cache = runs[name], caches[name]
         cache.length = 0
         decoder.step(torch.zeros(1, PROMPT, dtype=torch.long), cache)
         t0 = time.perf_counter_ns()
@@ -292,27 +301,20 @@ def matrix_products(module, ctx: int, args) -> dict:
             decoder.step(last, cache)
         return (time.perf_counter_ns() - t0) / 1e6 / steps
 
-    def no_op(m):
-        outputs: dict[torch.Size, torch.Tensor] = {}  # one per input shape (the prompt's, a token's)
-
-        def forward(x):
-            if x.shape not in outputs:
-                outputs[x.shape] = torch.zeros(*x.shape[:-1], m.out_features)
-            return outputs[x.shape]
-        return forward
-
-    times: dict[str, list[float]] = {"step": [], "without products": []}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
-        step_ms()  # warm-up
+        for name in runs:
+            step_ms(name)  # warm-up (and the trace)
+        assert all(decoder._flat is not None for decoder in runs.values()), "a step was not traced: not comparable"
         for _ in range(3 * args.gen_rounds):
-            times["step"].append(step_ms())
-            for m in linears:
-                m.forward = no_op(m)
-            times["without products"].append(step_ms())
-            for m in linears:
-                del m.forward  # nn.Linear.forward again
+            for name in runs:
+                times[name].append(step_ms(name))
     med = {name: statistics.median(t) for name, t in times.items()}
     return {**med, "products": med["step"] - med["without products"]}
+
+
+def _no_product(x: torch.Tensor, width: int) -> torch.Tensor:
+    return x[..., :1].expand(-1, -1, width).contiguous()
 
 
 def timed(fns: dict, new: int, args) -> dict:

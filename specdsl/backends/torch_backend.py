@@ -20,6 +20,7 @@ from ..errors import SpecError
 from ..kinds import KINDS, Args, Kind, TorchForm, torch_form_of
 from ..shapes import Sym
 from ..system import available_memory
+from .flat_step import flat_step
 from .torch_modules import DecodeState, StaticDecodeState, init_gpt2_
 
 _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
@@ -268,6 +269,9 @@ def to_torch(model, device: str | torch.device = "cpu", dtype: torch.dtype = tor
     return module
 
 
+_UNTRACED = object()
+
+
 class Decoder(nn.Module):
     """Incremental decoding: `decoder(tokens, *past) -> (logits, *present)`, with past and present the keys and
     values of every attention application, [batch, kv_heads, positions, head_dim] each, k then v. An
@@ -281,6 +285,7 @@ class Decoder(nn.Module):
         self.model = module
         self.slots = contract(module.spec).cache
         self._stateful = layer_modules(module, lambda kind: kind.decode_state)
+        self._flat = _UNTRACED  # the one-token step as a flat program (flat_step.py), None where it can't be
 
     def empty_cache(self, batch: int = 1, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:
         return [torch.zeros(batch, kv, 0, hd, dtype=dtype, device=device) for kv, hd in self.slots for _ in (0, 1)]
@@ -301,7 +306,14 @@ class Decoder(nn.Module):
         if cache.length + tokens.shape[1] > cache.capacity:
             raise ValueError(f"the cache holds {cache.capacity} positions; {cache.length} + {tokens.shape[1]} "
                              "would not fit")
-        logits = self._run(tokens, StaticDecodeState(cache.buffers, cache.length))
+        single = tokens.shape[1] == 1
+        if single and self._flat is _UNTRACED:  # traced at the first one-token step: a prompt alone never pays it
+            self._flat = flat_step(self.model, self._stateful, layer_modules(self.model, lambda kind: kind.aux_loss),
+                                   len(self.slots))
+        if single and self._flat is not None:
+            logits = self._flat(tokens, cache.length, cache.flat)
+        else:
+            logits = self._run(tokens, StaticDecodeState(cache.buffers, cache.length, single_query=single))
         cache.length += tokens.shape[1]
         return logits
 
@@ -323,6 +335,7 @@ class StaticCache:
 
     def __init__(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]):
         self.buffers, self.length = buffers, 0
+        self.flat = [t for kv in buffers for t in kv]  # k0, v0, k1, v1, ...: the flat step's input
         self.capacity = buffers[0][0].shape[2] if buffers else 0
 
 

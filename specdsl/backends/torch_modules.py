@@ -169,16 +169,16 @@ class Attention(nn.Module):
         """x [B, T, d] -> [B, T, d]; position_bias [1 or B, heads, T, S] is added to the scores (T5). While
         `self.decode` holds a DecodeState (incremental decoding), the keys and values of earlier positions come
         from it and this call's are appended to it (S = cached + T)."""
-        B, T, _ = x.shape
+        B, T = x.shape[0], x.shape[1]  # indexed, not unpacked: see _three
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
         if self.qk_norm == "full":
-            q, k, v = self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1)
+            q, k, v = _three(self.qkv(x).split((h * hd, kv * hd, kv * hd), dim=-1))
             q, k = self.q_norm(q), self.k_norm(k)
             q = q.view(B, T, h, hd).transpose(1, 2)
             k = k.view(B, T, kv, hd).transpose(1, 2)
             v = v.view(B, T, kv, hd).transpose(1, 2)
         else:  # one view and one transpose, then split by heads: the same strided views, in 3 ops fewer a call
-            q, k, v = self.qkv(x).view(B, T, h + 2 * kv, hd).transpose(1, 2).split((h, kv, kv), dim=1)
+            q, k, v = _three(self.qkv(x).view(B, T, h + 2 * kv, hd).transpose(1, 2).split((h, kv, kv), dim=1))
         if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         state = self.decode
@@ -193,7 +193,7 @@ class Attention(nn.Module):
         plain = not self.window and not self.alibi and position_bias is None
         # One new query sees every cached key: no mask to build (PyTorch's own generation only: the ONNX decoding
         # graph is traced once for every length, so it keeps the masked path).
-        if plain and (state is None or (T == 1 and state.in_place)):
+        if plain and (state is None or state.single_query):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal and state is None, dropout_p=dropout,
                                                scale=self.scale, enable_gqa=kv != h)
         else:
@@ -220,11 +220,18 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, h * hd))
 
 
+def _three(parts):
+    """The three parts of a split, indexed: unpacking a value torch.fx traces (flat_step.py) makes fx disassemble the
+    caller's bytecode, several milliseconds a call."""
+    return parts[0], parts[1], parts[2]
+
+
 class DecodeState:
     """Keys and values of earlier positions, for incremental decoding: attention calls take their past in the
     order they run and leave their present (past + new) in `present`."""
 
-    in_place = False  # StaticDecodeState: buffers written in place (PyTorch generation, never traced)
+    in_place = False  # StaticDecodeState: buffers written in place (PyTorch generation, never exported)
+    single_query = False  # one new position a call: it sees every cached key, no mask needed
 
     def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]]):
         self.past, self.present, self.index = past, [], 0
@@ -241,13 +248,14 @@ class DecodeState:
 class StaticDecodeState(DecodeState):
     """A DecodeState over preallocated buffers [B, kv_heads, capacity, head_dim] per attention application, written
     in place: torch.cat would copy the whole cache at every token (O(n^2) bytes over a generation). `length`
-    positions are cached; each call appends its keys and values after them."""
+    positions are cached; each call appends its keys and values after them. `single_query`: the call brings one
+    position (a fact of the caller's, so that a trace of the step never asks a tensor's shape for it)."""
 
     in_place = True
 
-    def __init__(self, buffers: list[tuple[torch.Tensor, torch.Tensor]], length: int):
+    def __init__(self, buffers: list[tuple[torch.Tensor, torch.Tensor]], length: int, single_query: bool = False):
         self.past, self.present, self.index, self.offset = [], [], 0, length
-        self.buffers = buffers
+        self.buffers, self.single_query = buffers, single_query
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         buffer_k, buffer_v = self.buffers[self.index]

@@ -1,0 +1,144 @@
+"""The one-token decoding step as one flat program (torch.fx), for PyTorch generation's hot loop (`specc sample`).
+
+Eager decoding pays Python for every nn.Module call, every parameter lookup (nn.Module.__getattr__) and every op of
+GraphModule's interpreter. Measured on the 2-core test machine, a one-token step of the d=256 4-layer GPT of
+bench/inference.py took 1.51 ms through the module tree against 1.03 ms for the same torch calls written out by hand;
+and streaming the weights through the 1 MiB L2 every step evicts the interpreter's objects, so each of those Python
+costs is 2-3x its micro-benchmark in a real step.
+
+torch.fx traces the step once, with the tokens, the number of cached positions and the cache's buffers as inputs,
+into straight-line Python that makes the same torch calls in the same order (the same logits, bit for bit:
+tests/test_flat_step.py), with every parameter bound once. Layer kinds that set state as they run (Kind.aux_loss:
+mixtures of experts record a load-balancing loss) are called as modules. A model the tracer cannot follow (Python
+control flow on tensor values, several inputs) has no flat step: Decoder.step runs it eagerly.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+
+import torch
+from torch import fx, nn
+
+from .torch_modules import StaticDecodeState
+
+
+class _Step(nn.Module):
+    """What is traced: the model's graph on `tokens`, its stateful modules reading a StaticDecodeState whose cached
+    length and buffers are the program's inputs."""
+
+    def __init__(self, model: nn.Module, stateful: list[nn.Module], slots: int):
+        super().__init__()
+        self.model, self.slots = model, slots
+        object.__setattr__(self, "_stateful", stateful)  # not submodules: reached through the model
+
+    def forward(self, tokens, length, buffers):
+        pairs = [(buffers[2 * i], buffers[2 * i + 1]) for i in range(self.slots)]
+        state = StaticDecodeState(pairs, length, single_query=True)
+        for m in self._stateful:
+            object.__setattr__(m, "decode", state)
+        try:
+            return self.model.run({self.model._inputs[0]: tokens})[self.model._outputs[0]]
+        finally:
+            for m in self._stateful:
+                object.__setattr__(m, "decode", None)
+
+
+class _Tracer(fx.Tracer):
+    """Traces through every module (torch.nn's own too, down to their functional calls) but the `leaves`."""
+
+    def __init__(self, root: nn.Module, leaves: set[int]):
+        super().__init__()
+        self.leaves = leaves
+        # fx finds a parameter's name by scanning named_parameters() at every use: quadratic in the layers
+        self.names = {id(p): name for name, p in root.named_parameters(remove_duplicate=False)}
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return id(m) in self.leaves
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        name = self.names.get(id(attr_val)) if isinstance(attr_val, nn.Parameter) else None
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+
+# Traced programs by model, so that each generation does not trace again (~25 ms for a 4-layer model, ~60 ms for
+# GPT-2 small's 12). Weak keys: the cache never keeps a model alive.
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class FlatStep:
+    """`step(tokens [B, 1], length, buffers) -> logits`: a traced program with the model's current parameters."""
+
+    def __init__(self, program: fx.GraphModule, params: list[torch.Tensor]):
+        self.program, self.params = program, params
+
+    def __call__(self, tokens: torch.Tensor, length: int, buffers: list[torch.Tensor]) -> torch.Tensor:
+        return self.program(tokens, length, buffers, self.params)
+
+
+def flat_step(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module], slots: int) -> FlatStep | None:
+    """The one-token step of `model` (a SpecModule in eval mode with one input) over a StaticCache's buffers [k0, v0,
+    k1, v1, ...] holding `length` positions; None when it cannot be traced.
+
+    A model is traced once for its tree of modules: it is traced again when a module is replaced, added or removed,
+    or switched between train and eval (what a trace bakes in). Parameters are the program's input, looked up by name
+    for each FlatStep: assigning a new parameter, or loading weights, needs no new trace."""
+    modules = tuple(model.modules())
+    key = (tuple(map(id, modules)), tuple(m.training for m in modules), slots)
+    cached = _PROGRAMS.get(model)
+    if cached is None or cached[0] != key:
+        # modules[1:]: the ones below the model, held so that no id in the key is reused while it stands (the model
+        # itself is the weak key)
+        cached = (key, _trace(model, stateful, leaves, slots), modules[1:])
+        _PROGRAMS[model] = cached
+    traced = cached[1]
+    if traced is None:
+        return None
+    program, targets = traced
+    return FlatStep(program, [_lookup(model, target) for target in targets])
+
+
+def _trace(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module], slots: int):
+    """(program(tokens, length, buffers, params), the names of params in the model), or None."""
+    if model.training or len(model._inputs) != 1 or len(model._outputs) != 1:
+        return None
+    root = _Step(model, stateful, slots)
+    try:
+        graph = _Tracer(root, {id(m) for m in leaves}).trace(root)
+    except Exception:  # noqa: BLE001 -- whatever fx cannot follow is run eagerly, as before
+        return None
+    finally:
+        for m in stateful:
+            object.__setattr__(m, "decode", None)
+    # Parameters (and any tensor the trace read off a module) become items of a `params` input: the traced
+    # `getattr(self.model.h, "0").ln_1.weight` is four lookups of nn.Module.__getattr__ a use, `params[3]` is one
+    # list index. Leaf modules are bound under flat names.
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    with graph.inserting_after(placeholders[-1]):
+        params = graph.placeholder("params")
+    targets, bound = [], {}
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            if not isinstance(_lookup(root, node.target), torch.Tensor):
+                return None
+            with graph.inserting_before(node):
+                item = graph.call_function(operator.getitem, (params, len(targets)))
+            targets.append(node.target.removeprefix("model."))
+            node.replace_all_uses_with(item)
+            graph.erase_node(node)
+        elif node.op == "call_module":
+            name = f"leaf{len(bound)}"
+            bound[name] = root.get_submodule(node.target)
+            node.target = name
+    graph.lint()
+    return fx.GraphModule(bound, graph, class_name="FlatStep"), targets
+
+
+def _lookup(root: nn.Module, target: str):
+    owner, _, name = target.rpartition(".")
+    return getattr(root.get_submodule(owner) if owner else root, name)
