@@ -126,3 +126,28 @@ def test_the_program_cache_does_not_keep_a_model_alive():
     del module
     gc.collect()
     assert ref() is None
+
+
+def test_lora_adapters_decode_with_their_weights_and_after_a_merge():
+    """LoRA's adapters are forward hooks with parameters of their own (backends/lora.py): adding them, training them
+    (here: set off zero) and merging them each change what a step computes, and the flat step follows."""
+    from specdsl.backends.lora import add_adapters, merge
+    sizes = dict(vocab=90, ctx=16, d=64, layers=2, heads=4, kv_heads=2, ffn=100)
+    compiled = specdsl.load(SPECS / "llama.spec", overrides=sizes,
+                            lora={"rank": 4, "alpha": 8, "targets": "*.attn.q, *.attn.v, *.mlp.down"})
+    module, vocab = _model("llama.spec", sizes)
+    plain, _, program = _both(module, vocab)
+    base_inputs = len(program.params)
+    add_adapters(module, compiled.model.lora)
+    module.eval()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.5)
+    flat, eager, program = _both(module, vocab)
+    assert torch.equal(flat, eager) and not torch.equal(flat, plain)
+    assert len(program.params) == base_inputs + 2 * 3 * 2  # the hooks traced in: A and B of 3 targets, 2 layers
+    merge(module)
+    flat, eager, program = _both(module, vocab)
+    assert torch.equal(flat, eager)
+    assert len(program.params) == base_inputs

@@ -86,10 +86,13 @@ def flat_step(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Modul
     k1, v1, ...] holding `length` positions; None when it cannot be traced.
 
     A model is traced once for its tree of modules: it is traced again when a module is replaced, added or removed,
-    or switched between train and eval (what a trace bakes in). Parameters are the program's input, looked up by name
-    for each FlatStep: assigning a new parameter, or loading weights, needs no new trace."""
+    switched between train and eval, or given a forward hook (LoRA's adapters) or a forward of its own, what a trace
+    bakes in. Parameters are the program's input, looked up by name for each FlatStep: assigning a new parameter, or
+    loading weights, needs no new trace."""
+    if _global_hooks():
+        return None
     modules = tuple(model.modules())
-    key = (tuple(map(id, modules)), tuple(m.training for m in modules), slots)
+    key = (tuple(map(_baked, modules)), slots)
     cached = _PROGRAMS.get(model)
     if cached is None or cached[0] != key:
         # modules[1:]: the ones below the model, held so that no id in the key is reused while it stands (the model
@@ -123,7 +126,10 @@ def _trace(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module],
         params = graph.placeholder("params")
     targets, bound = [], {}
     for node in list(graph.nodes):
-        if node.op == "get_attr":
+        if node.op == "get_attr" and not node.target.startswith("model."):  # a tensor the trace made: a constant
+            bound[f"constant{len(bound)}"] = _lookup(root, node.target)
+            node.target = f"constant{len(bound) - 1}"
+        elif node.op == "get_attr":
             if not isinstance(_lookup(root, node.target), torch.Tensor):
                 return None
             with graph.inserting_before(node):
@@ -137,6 +143,20 @@ def _trace(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module],
             node.target = name
     graph.lint()
     return fx.GraphModule(bound, graph, class_name="FlatStep"), targets
+
+
+def _baked(m: nn.Module) -> tuple:
+    """What a trace takes from one module besides its parameters: its identity, mode, forward and hooks."""
+    own_forward = m.__dict__.get("forward")
+    return (id(m), m.training, id(own_forward) if own_forward is not None else None, tuple(m._forward_hooks),
+            tuple(m._forward_pre_hooks))
+
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (nn.modules.module.register_module_forward_hook): a trace would bake them
+    in, and their registration touches no module."""
+    from torch.nn.modules import module as nn_module
+    return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)
 
 
 def _lookup(root: nn.Module, target: str):

@@ -64,7 +64,7 @@ def _adapted(parts: tuple, scale: float):
     """The forward hook: the Linear's output plus scale * B A dropout(x) on each adapted matrix's rows."""
     def hook(owner: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         x = inputs[0]
-        rows = output.shape[-1]
+        rows = owner.out_features  # not output.shape[-1]: an int, so that a traced step (flat_step.py) can branch on it
         for key, span in parts:
             delta = F.linear(F.linear(owner.lora_dropout(x), owner.lora_A[key]), owner.lora_B[key]) * scale
             if span is not None and span != (0, rows):
