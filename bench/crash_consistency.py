@@ -60,11 +60,18 @@ def losses(out: Path) -> list[float]:
     return [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _interruptible() -> None:
+    """The child's SIGINT at its default: started from a background job of a non-interactive shell, this process
+    and its children would ignore SIGINT, and a trial would not interrupt anything."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(out: Path, resume: bool, sig: int, rng: random.Random) -> int:
     """Start training (or resuming) and send `sig` at a random moment once the run directory is there; returns
     the exit code."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command(out, resume), env=_env(), stdout=log, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(command(out, resume), env=_env(), stdout=log, stderr=subprocess.PIPE,
+                                preexec_fn=_interruptible)
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:  # until it prints its settings: the steps follow
             log.seek(0)

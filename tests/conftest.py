@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("big") is not None:
             item.add_marker(skip)
+
+
+def interruptible() -> None:
+    """A child's preexec_fn where a test sends it SIGINT: its default again, whatever this process inherited. A
+    background job of a non-interactive shell (`make test &`) starts with SIGINT ignored, and so would every child:
+    a Ctrl-C the test sends would then do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt in this process during the test (Python's own handler), even if the suite
+    was started with SIGINT ignored (see interruptible)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, specc_here
+from conftest import ROOT, interruptible, specc_here
 
 sys.path.insert(0, str(ROOT / "bench"))
 pytest.importorskip("torch")
@@ -42,5 +42,6 @@ def test_a_signal_outside_training_exits_128_plus_it_without_a_traceback(sent, c
               "        print('cleaned up')\n"
               "sys.argv = ['specc', 'wait']\n"
               "cli.run_process()\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          preexec_fn=interruptible)
     assert (done.returncode, done.stdout, done.stderr) == (code, "cleaned up\n", "")

@@ -148,7 +148,8 @@ def test_a_failed_external_export_leaves_nothing_and_keeps_the_last_one(tmp_path
 
 
 @pytest.mark.parametrize("graphs", ["fp32", "int8"])
-def test_ctrl_c_while_publishing_waits_until_every_file_of_the_export_is_in_place(tmp_path, monkeypatch, graphs):
+def test_ctrl_c_while_publishing_waits_until_every_file_of_the_export_is_in_place(tmp_path, monkeypatch, graphs,
+                                                                                 sigint_raises):
     """A Ctrl-C that comes between renaming the new data file and its .onnx (or between the full and decoding
     graphs, fp32 or int8) is held until all of the set are renamed: the files left are one export's, never an old
     graph over new data."""
