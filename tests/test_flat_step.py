@@ -151,3 +151,11 @@ def test_lora_adapters_decode_with_their_weights_and_after_a_merge():
     flat, eager, program = _both(module, vocab)
     assert torch.equal(flat, eager)
     assert len(program.params) == base_inputs
+
+
+def test_a_model_of_more_modules_than_the_trace_allows_decodes_eagerly(monkeypatch):
+    from specdsl.backends import flat_step as flat
+    module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))
+    monkeypatch.setattr(flat, "MAX_TRACED_MODULES", len(list(module.modules())) - 1)
+    flat_logits, eager, program = _both(module, vocab)
+    assert program is None and torch.equal(flat_logits, eager)
