@@ -119,9 +119,13 @@ def test_the_flat_step_reads_the_weights_of_the_moment():
     assert torch.equal(flat, eager)
 
 
-def test_the_program_cache_does_not_keep_a_model_alive():
+def test_the_program_cache_does_not_keep_a_model_or_a_replaced_module_alive():
     module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))
     _both(module, vocab)
+    replaced = weakref.ref(module.ln_f)
+    module.ln_f = torch.nn.LayerNorm(32)
+    gc.collect()
+    assert replaced() is None
     ref = weakref.ref(module)
     del module
     gc.collect()

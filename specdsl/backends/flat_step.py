@@ -102,10 +102,10 @@ def flat_step(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Modul
         return None
     key = (tuple(map(_baked, modules)), slots)
     cached = _PROGRAMS.get(model)
-    if cached is None or cached[0] != key:
-        # modules[1:]: the ones below the model, held so that no id in the key is reused while it stands (the model
-        # itself is the weak key)
-        cached = (key, _trace(model, stateful, leaves, slots), modules[1:])
+    # The modules below the model are held weakly too (a module replaced is not kept alive by the cache): a dead
+    # one means its id may have been reused, so the key no longer says the tree is the same.
+    if cached is None or cached[0] != key or any(ref() is None for ref in cached[2]):
+        cached = (key, _trace(model, stateful, leaves, slots), tuple(weakref.ref(m) for m in modules[1:]))
         _PROGRAMS[model] = cached
     traced = cached[1]
     if traced is None:
