@@ -308,8 +308,7 @@ class Decoder(nn.Module):
                              "would not fit")
         single = tokens.shape[1] == 1
         if single and self._flat is _UNTRACED:  # traced at the first one-token step: a prompt alone never pays it
-            self._flat = flat_step(self.model, self._stateful, layer_modules(self.model, lambda kind: kind.aux_loss),
-                                   len(self.slots))
+            self._flat = flat_step(self.model, self._stateful, self.model._routed, len(self.slots))
         if single and self._flat is not None:
             logits = self._flat(tokens, cache.length, cache.flat)
         else:
