@@ -28,7 +28,9 @@ as is. onnxruntime runs them on the CPUExecutionProvider with its default graph 
    (ii)  PyTorch with a cache: the same function as `specc sample` runs it (specdsl's Decoder): the prompt in one
          call, then one token a call (by the traced flat step, specdsl/backends/flat_step.py); when the window
          moves its tokens are run again as a prompt (learned absolute positions: a moved window invalidates the
-         cache);
+         cache). Timed in its steady state: before any of this, one-token steps are run until flat_step.py has
+         compiled the step with TorchScript, as it does after SCRIPT_AFTER_STEPS steps in a process (the time of
+         that compilation is printed);
    (iii) onnxruntime with a cache: OnnxGenerator.generate, as `specc generate` runs it (session.run with the
          present.* arrays fed back as the next call's past.*), with intra_op_num_threads as above.
    (An IOBinding driver, keeping the cache as OrtValues between calls, was measured no faster, 0.94-1.17x: a
@@ -47,15 +49,18 @@ as is. onnxruntime runs them on the CPUExecutionProvider with its default graph 
 3. PyTorch generation with a cache (`specc sample`'s) against Hugging Face `generate` (do_sample=False,
    use_cache=True) on the same weights, with onnxruntime's beside it: a prompt of 8 tokens, then min(new, ctx - 8)
    greedy tokens (HF's GPT-2 has no positions past n_positions, so the text stays within the context); timed as in
-   2, the ids of all three must agree.
+   2, the ids of all must agree. PyTorch twice: compiled (steady state) and as the step's Python program, what a
+   process runs for its first SCRIPT_AFTER_STEPS one-token steps (so a one-shot `specc sample` of up to that many
+   tokens): a copy of the model whose step is never compiled.
 4. What bounds 3: the time of a one-token step (Decoder.step on the static cache) and its time with every nn.Linear
-   replaced by a no-op, alternated (matrix_products). HF multiplies by the same weights through the same kernel, so
-   HF's time per token over the products' time is the most PyTorch could gain, were everything else free.
+   replaced by a no-op, alternated (matrix_products), both compiled, and the step as Python beside them. HF
+   multiplies by the same weights through the same kernel, so HF's time per token over the products' time is the
+   most PyTorch could gain, were everything else free.
 
 Goals, printed PASS/FAIL per model: PyTorch generation with a cache >= 2x the tokens/s of Hugging Face generate
-(issue 13); onnxruntime generation >= 1.5x the tokens/s of PyTorch with a cache and >= 4x
-PyTorch without one, under the default policy (the other's ratios are printed as "info"); onnxruntime forward
-latency no worse than PyTorch eager (ort/torch <= 1.0) at B=1 and 8.
+(issue 13; in the steady state, the Python program's ratio printed as "info"); onnxruntime generation >= 1.5x the
+tokens/s of PyTorch with a cache and >= 4x PyTorch without one, under the default policy (the other's ratios
+are printed as "info"); onnxruntime forward latency no worse than PyTorch eager (ort/torch <= 1.0) at B=1 and 8.
 
 The machine may be shared: everything that is compared is measured in the same run, alternated, and summarized by
 medians, and each model's tables say how much CPU other processes took meanwhile (from /proc/stat). With as many
@@ -72,6 +77,7 @@ The exit code is 0 whatever the result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import gc
@@ -90,6 +96,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # time the working tree's specdsl
 
 import specdsl  # noqa: E402
+from specdsl.backends import flat_step  # noqa: E402
 from specdsl.backends.onnx_export import export  # noqa: E402
 from specdsl.backends.onnx_generate import OnnxGenerator  # noqa: E402
 from specdsl.backends.torch_backend import Decoder  # noqa: E402
@@ -109,7 +116,8 @@ BATCHES = (1, 8)
 PROMPT = 8
 GOAL_VS_CACHE, GOAL_VS_NOCACHE, GOAL_FORWARD, GOAL_VS_HF = 1.5, 4.0, 1.0, 2.0
 METHODS = ["torch, no cache", "torch, cache", "ort, cache"]
-HF_METHODS = ["torch, cache", "HF generate", "ort, cache"]
+PYTHON_STEP = "torch, cache, Python step"
+HF_METHODS = ["torch, cache", PYTHON_STEP, "HF generate", "ort, cache"]
 ORT_MAIN = "ort, cache"
 
 
@@ -265,30 +273,67 @@ def hf_generate(hf, prompt: list[int], new: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def versus_hf(module, hf, generator: OnnxGenerator, ctx: int, args) -> dict:
+def versus_hf(module, python_copy, hf, generator: OnnxGenerator, ctx: int, args) -> dict:
     """`specc sample`'s PyTorch generation against Hugging Face generate on the same weights (and onnxruntime),
-    within the context: HF's GPT-2 has no positions past it."""
+    within the context: HF's GPT-2 has no positions past it. PyTorch twice: in its steady state (the one-token step
+    compiled by TorchScript, see compile_step) and as its first SCRIPT_AFTER_STEPS steps in a process run (the step's
+    Python program: a copy of the model never compiled)."""
     prompt, new = seeded_prompt(module, args), min(args.new, ctx - PROMPT)
+
+    def python_step():
+        with uncompiled():
+            return list(generate(python_copy, prompt, new, ctx, temperature=0))
+
     fns = {
         "torch, cache": lambda: list(generate(module, prompt, new, ctx, temperature=0)),
+        PYTHON_STEP: python_step,
         "HF generate": lambda: hf_generate(hf, prompt, new),
         "ort, cache": lambda: list(generator.generate(prompt, new, temperature=0)),
     }
     return {"new": new, **timed(fns, new, args)}
 
 
-def matrix_products(module, ctx: int, args) -> dict:
+@contextlib.contextmanager
+def uncompiled():
+    """One-token steps left to their Python program: none is compiled by TorchScript meanwhile."""
+    saved, flat_step.SCRIPT_AFTER_STEPS = flat_step.SCRIPT_AFTER_STEPS, None
+    try:
+        yield
+    finally:
+        flat_step.SCRIPT_AFTER_STEPS = saved
+
+
+def compile_step(module, ctx: int) -> dict:
+    """PyTorch generation's steady state: one-token steps (as `specc sample` runs them) until the model's step has
+    been compiled by TorchScript (flat_step.SCRIPT_AFTER_STEPS of them, counted across generations, what a process
+    that has generated that many tokens runs from then on); the slowest step's time, the compilation's."""
+    decoder = Decoder(module)
+    cache, last, slowest = decoder.static_cache(ctx), torch.zeros(1, 1, dtype=torch.long), 0.0
+    with torch.inference_mode():
+        for _ in range(flat_step.SCRIPT_AFTER_STEPS):
+            if cache.length == cache.capacity:
+                cache.length = 0
+            t0 = time.perf_counter()
+            decoder.step(last, cache)
+            slowest = max(slowest, time.perf_counter() - t0)
+    return {"compiled": decoder._flat is not None and decoder._flat.program.scripted is not None,
+            "slowest_ms": slowest * 1e3}
+
+
+def matrix_products(module, python_copy, ctx: int, args) -> dict:
     """What the matrix products cost of a one-token decoding step (Decoder.step on the static cache, as `specc
-    sample` runs it, the flat step of specdsl/backends/flat_step.py): the step timed as is, and a copy of the model
-    whose every nn.Linear is a no-op (a view of its input's first feature, expanded to the output's width, so
-    that the flat step traces it too), alternated, medians. Hugging Face multiplies by the same weights through the
-    same kernel (MKL's sgemm), so against HF generate PyTorch can be at most HF's time per token / the products'
-    time faster, were everything else free."""
+    sample` runs it, the flat step of specdsl/backends/flat_step.py, compiled by TorchScript): the step timed as
+    is, and a copy of the model whose every nn.Linear is a no-op (a view of its input's first feature, expanded to
+    the output's width, so that the flat step traces it too), alternated, medians; beside them the step as Python
+    (`python_copy`, never compiled). Hugging Face multiplies by the same weights through the same kernel (MKL's
+    sgemm), so against HF generate PyTorch can be at most HF's time per token / the products' time faster, were
+    everything else free."""
     without = copy.deepcopy(module)
     for m in without.modules():
         if isinstance(m, torch.nn.Linear):
             m.forward = functools.partial(_no_product, width=m.out_features)
-    runs = {"step": Decoder(module), "without products": Decoder(without)}
+    compile_step(without, ctx)
+    runs = {"step": Decoder(module), "without products": Decoder(without), "Python step": Decoder(python_copy)}
     caches = {name: decoder.static_cache(ctx) for name, decoder in runs.items()}
     last, steps = torch.zeros(1, 1, dtype=torch.long), min(30, ctx - PROMPT)
 
@@ -302,10 +347,13 @@ def matrix_products(module, ctx: int, args) -> dict:
         return (time.perf_counter_ns() - t0) / 1e6 / steps
 
     times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.inference_mode():
+    with torch.inference_mode(), uncompiled():  # the first two were compiled before; the third never is
         for name in runs:
             step_ms(name)  # warm-up (and the trace)
+        compiled = {name: decoder._flat is not None and decoder._flat.program.scripted is not None
+                    for name, decoder in runs.items()}
         assert all(decoder._flat is not None for decoder in runs.values()), "a step was not traced: not comparable"
+        assert compiled["step"] == compiled["without products"], "one step compiled, the other not: not comparable"
         for _ in range(3 * args.gen_rounds):
             for name in runs:
                 times[name].append(step_ms(name))
@@ -371,15 +419,20 @@ def bench_model(label: str, spec: Path, overrides: dict, activation: str, args) 
         fwd[batch]["diff"] = diff
         print(f"  forward B={batch} T={seq}: torch {fwd[batch]['med']['torch']:.2f} ms, ort "
               f"{fwd[batch]['med']['ort']:.2f} ms (max |logits diff| {diff:.1e})", flush=True)
+    steady = compile_step(module, ctx)
+    print(f"  PyTorch's one-token step {'compiled by TorchScript' if steady['compiled'] else 'NOT compiled'} after "
+          f"{flat_step.SCRIPT_AFTER_STEPS} steps (slowest step {steady['slowest_ms']:.0f} ms); PyTorch with a cache "
+          f"is timed so from here on, and as its Python program where the rows say so", flush=True)
+    python_copy = copy.deepcopy(module)
     gens = []
     for overflow in OVERFLOW_POLICIES:
         g = generation(module, decode, ctx, overflow, args)
         print(f"  generation, --overflow {overflow}: prompt {PROMPT} tokens + {args.new} new; per cached run 1 "
               f"prefill, {g['single_steps']} one-token calls, {g['reprefills']} window re-runs", flush=True)
         gens.append(g)
-    hf_run = versus_hf(module, hf, decode, ctx, args)
+    hf_run = versus_hf(module, python_copy, hf, decode, ctx, args)
     print(f"  generation against Hugging Face generate: prompt {PROMPT} tokens + {hf_run['new']} new", flush=True)
-    hf_run["products"] = matrix_products(module, ctx, args)
+    hf_run["products"] = matrix_products(module, python_copy, ctx, args)
     note = load.summary()
     print(f"  during this model's measurements: {note}")
     return {"label": label, "seq": seq, "ctx": ctx, "fwd": fwd, "gens": gens, "hf": hf_run, "load": note}
@@ -447,15 +500,19 @@ def print_versus_hf(label: str, g: dict) -> list[tuple[bool, str]]:
     ratio = g["tps"]["torch, cache"] / g["tps"]["HF generate"]
     per_round = statistics.median(h / t for h, t in zip(g["times"]["HF generate"], g["times"]["torch, cache"]))
     vs_ort = g["tps"][ORT_MAIN] / g["tps"]["torch, cache"]
+    python_ratio = g["tps"][PYTHON_STEP] / g["tps"]["HF generate"]
     products, hf_ms = g["products"], g["med"]["HF generate"] / g["new"] * 1e3
-    print(f"  one-token step (PyTorch, cache): {products['step']:.2f} ms, of which the matrix products "
-          f"{products['products']:.2f} ms ({products['products'] / products['step']:.0%}; timed against the step with "
-          f"them replaced by no-ops). HF generate's {hf_ms:.2f} ms/token runs the same products: with all else free "
-          f"PyTorch could be at most {hf_ms / products['products']:.2f}x HF")
+    print(f"  one-token step (PyTorch, cache): {products['step']:.2f} ms (as Python: {products['Python step']:.2f} "
+          f"ms), of which the matrix products {products['products']:.2f} ms "
+          f"({products['products'] / products['step']:.0%}; timed against the step with them replaced by no-ops). HF "
+          f"generate's {hf_ms:.2f} ms/token runs the same products: with all else free PyTorch could be at most "
+          f"{hf_ms / products['products']:.2f}x HF")
     return [(ratio >= GOAL_VS_HF and all_agree,
              f"{label}: PyTorch generation with cache vs HF generate = {ratio:.2f}x tokens/s (goal >= {GOAL_VS_HF}x; "
              f"per-round {per_round:.2f}x; {g['tps']['torch, cache']:,.1f} vs {g['tps']['HF generate']:,.1f} "
-             f"tokens/s; onnxruntime {vs_ort:.2f}x PyTorch's)")]
+             f"tokens/s; onnxruntime {vs_ort:.2f}x PyTorch's)"),
+            (None, f"{label}: the same in a process's first {flat_step.SCRIPT_AFTER_STEPS} one-token steps (the "
+                   f"step's Python program) = {python_ratio:.2f}x tokens/s")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """The traced one-token decoding step (specdsl/backends/flat_step.py) against the eager module tree it replaces: the
-same logits bit for bit on every causal model of the zoo and the quirks, a fallback where fx cannot trace, and a
-program cache that follows the module tree (a module replaced), the weights (loaded in place or assigned) and the
-model's lifetime."""
+same logits bit for bit on every causal model of the zoo and the quirks, as Python and compiled by TorchScript, a
+fallback where fx cannot trace or TorchScript cannot compile, and a program cache that follows the module tree (a
+module replaced), the weights (loaded in place or assigned) and the model's lifetime."""
 
 import gc
+import warnings
 import weakref
 
 import pytest
@@ -13,10 +14,17 @@ from test_quirks import DECODE
 
 import specdsl
 from conftest import SPECS
+from specdsl.backends import flat_step as step_module
 from specdsl.backends.flat_step import FlatStep, flat_step
 from specdsl.backends.torch_backend import Decoder
 from specdsl.backends.torch_modules import StaticDecodeState
 from specdsl.contract import contract
+
+
+@pytest.fixture(autouse=True)
+def compile_at_the_third_step(monkeypatch):
+    """Every generation of `_both` runs its first steps as Python, then compiled: both held to the eager tree."""
+    monkeypatch.setattr(step_module, "SCRIPT_AFTER_STEPS", 3)
 
 
 def _load(spec, sizes):
@@ -61,9 +69,46 @@ def _both(module, vocab, steps=6, batch=2):
 @pytest.mark.parametrize("spec,sizes", CAUSAL, ids=IDS)
 def test_the_flat_step_gives_the_eager_logits_bit_for_bit(spec, sizes):
     module, vocab = _model(spec, sizes)
-    flat, eager, program = _both(module, vocab)
+    flat_logits, eager, program = _both(module, vocab)
     assert isinstance(program, FlatStep)  # traced: not the eager fallback
-    assert torch.equal(flat, eager)
+    # compiled after its third step, but where a mixture of experts routes tokens in Python
+    assert (program.program.scripted is not None) == (not module._routed)
+    assert torch.equal(flat_logits, eager)
+
+
+def test_a_step_is_compiled_once_it_has_run_its_steps_in_the_process():
+    """The count is the program's, not a generation's: two short generations add up."""
+    module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))
+    first = _both(module, vocab, steps=2)[2]
+    assert first.program.steps == 2 and first.program.scripted is None
+    flat_logits, eager, second = _both(module, vocab, steps=2)
+    assert second.program is first.program and second.program.scripted is not None
+    assert torch.equal(flat_logits, eager)
+
+
+def test_a_step_torchscript_refuses_runs_as_python_and_is_not_offered_again(monkeypatch):
+    module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))
+    offered = []
+
+    def refuse(program):
+        offered.append(program)
+        raise RuntimeError("not compilable")
+
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    for _ in range(2):
+        flat_logits, eager, program = _both(module, vocab)
+        assert torch.equal(flat_logits, eager) and program.program.scripted is None
+    assert len(offered) == 1
+
+
+def test_compiling_a_step_shows_no_warning():
+    """torch.jit.script warns that TorchScript is deprecated: a user of `specc sample` has nothing to do about it."""
+    module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program = _both(module, vocab)[2]
+    assert program.program.scripted is not None
+    assert [str(w.message) for w in caught] == []
 
 
 def test_a_mixture_of_experts_is_called_as_a_module_inside_the_flat_step():
@@ -71,7 +116,7 @@ def test_a_mixture_of_experts_is_called_as_a_module_inside_the_flat_step():
     module, vocab = _model("mixtral.spec", CASES[8][2])
     flat, eager, program = _both(module, vocab)
     assert torch.equal(flat, eager)
-    assert "leaf0" in program.program.code
+    assert "leaf0" in program.program.graph_module.code
 
 
 def test_a_model_fx_cannot_trace_decodes_eagerly():
@@ -158,8 +203,7 @@ def test_lora_adapters_decode_with_their_weights_and_after_a_merge():
 
 
 def test_a_model_of_more_modules_than_the_trace_allows_decodes_eagerly(monkeypatch):
-    from specdsl.backends import flat_step as flat
     module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))
-    monkeypatch.setattr(flat, "MAX_TRACED_MODULES", len(list(module.modules())) - 1)
+    monkeypatch.setattr(step_module, "MAX_TRACED_MODULES", len(list(module.modules())) - 1)
     flat_logits, eager, program = _both(module, vocab)
     assert program is None and torch.equal(flat_logits, eager)

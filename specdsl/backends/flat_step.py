@@ -11,11 +11,19 @@ into straight-line Python that makes the same torch calls in the same order (the
 tests/test_flat_step.py), with every parameter bound once. Layer kinds that set state as they run (Kind.aux_loss:
 mixtures of experts record a load-balancing loss) are called as modules. A model the tracer cannot follow (Python
 control flow on tensor values, several inputs) has no flat step: Decoder.step runs it eagerly.
+
+Once a program has run SCRIPT_AFTER_STEPS one-token steps in the process, it is compiled by TorchScript and run by
+its interpreter, which makes the same aten calls without Python's cost per call (the same logits, bit for bit, run
+with the executor's optimizations off: no fusion, on any device). TorchScript is deprecated in torch 2.x
+(torch.compile and torch.export are its successors, and neither runs the same kernels without Python: inductor
+fuses, so its numbers differ), so it is optional here: where scripting fails (mixtures of experts: their routing is
+Python) or torch no longer has it, the Python program goes on.
 """
 
 from __future__ import annotations
 
 import operator
+import warnings
 import weakref
 
 import torch
@@ -76,14 +84,47 @@ MAX_TRACED_MODULES = 20_000
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+# One-token steps of a program before TorchScript compiles it: scripting costs about as much as this many steps of
+# Python saves (measured on the 2-core machine: 56 ms to script the d=256 4-layer GPT of bench/inference.py, 0.36 ms
+# saved a step, 155 steps; 70 ms and 0.25 ms for the d=128 demo model, 280; 127 ms for GPT-2 small). Scripting after
+# that many, like renting skis until their price is spent, never costs more than twice the best choice made knowing
+# the future: a 200-token `specc sample` never pays it, a long generation or a process that generates again does.
+SCRIPT_AFTER_STEPS = 256
+
+
+class _Program:
+    """A traced step, shared by every generation of its model: the fx program, the model's parameters it takes (by
+    name), its steps run so far and, once compiled, TorchScript's forward of it (None before and where it failed)."""
+
+    def __init__(self, graph_module: fx.GraphModule, targets: list[str]):
+        self.graph_module, self.targets = graph_module, targets
+        self.steps, self.scripted = 0, None
+
+    def script(self) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.script's own DeprecationWarning: see the module docstring
+                self.scripted = torch.jit.script(self.graph_module).forward
+        except Exception:  # noqa: BLE001 -- what TorchScript cannot compile (or a torch without it) runs as Python
+            self.scripted = None
+
+
 class FlatStep:
     """`step(tokens [B, 1], length, buffers) -> logits`: a traced program with the model's current parameters."""
 
-    def __init__(self, program: fx.GraphModule, params: list[torch.Tensor]):
+    def __init__(self, program: _Program, params: list[torch.Tensor]):
         # its forward, not the module: nn.Module.__call__ and fx's error-reporting wrapper cost ~5 us a token
-        self.program, self.forward, self.params = program, program.forward, params
+        self.program, self.forward, self.params = program, program.graph_module.forward, params
 
     def __call__(self, tokens: torch.Tensor, length: int, buffers: list[torch.Tensor]) -> torch.Tensor:
+        program = self.program
+        if program.scripted is not None:
+            # unoptimized: the graph as traced, no profiling run and no fuser (which would change the numbers on a GPU)
+            with torch.jit.optimized_execution(False):
+                return program.scripted(tokens, length, buffers, self.params)
+        program.steps += 1
+        if program.steps == SCRIPT_AFTER_STEPS:  # once: a program TorchScript refused is not offered again
+            program.script()
         return self.forward(tokens, length, buffers, self.params)
 
 
@@ -107,15 +148,14 @@ def flat_step(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Modul
     if cached is None or cached[0] != key or any(ref() is None for ref in cached[2]):
         cached = (key, _trace(model, stateful, leaves, slots), tuple(weakref.ref(m) for m in modules[1:]))
         _PROGRAMS[model] = cached
-    traced = cached[1]
-    if traced is None:
+    program = cached[1]
+    if program is None:
         return None
-    program, targets = traced
-    return FlatStep(program, [_lookup(model, target) for target in targets])
+    return FlatStep(program, [_lookup(model, target) for target in program.targets])
 
 
-def _trace(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module], slots: int):
-    """(program(tokens, length, buffers, params), the names of params in the model), or None."""
+def _trace(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module], slots: int) -> _Program | None:
+    """program(tokens, length, buffers, params) with the names of params in the model, or None."""
     if model.training or len(model._inputs) != 1 or len(model._outputs) != 1:
         return None
     root = _Step(model, stateful, slots)
@@ -132,6 +172,8 @@ def _trace(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module],
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     with graph.inserting_after(placeholders[-1]):
         params = graph.placeholder("params")
+    for node, annotation in zip([*placeholders, params], _INPUT_TYPES):  # what TorchScript compiles the inputs as
+        node.type = annotation
     targets, bound = [], {}
     for node in list(graph.nodes):
         if node.op == "get_attr" and not node.target.startswith("model."):  # a tensor the trace made: a constant
@@ -150,7 +192,10 @@ def _trace(model: nn.Module, stateful: list[nn.Module], leaves: list[nn.Module],
             bound[name] = root.get_submodule(node.target)
             node.target = name
     graph.lint()
-    return fx.GraphModule(bound, graph, class_name="FlatStep"), targets
+    return _Program(fx.GraphModule(bound, graph, class_name="FlatStep"), targets)
+
+
+_INPUT_TYPES = (torch.Tensor, int, list[torch.Tensor], list[torch.Tensor])  # tokens, length, buffers, params
 
 
 def _baked(m: nn.Module) -> tuple:
