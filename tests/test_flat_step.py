@@ -101,6 +101,25 @@ def test_a_step_torchscript_refuses_runs_as_python_and_is_not_offered_again(monk
     assert len(offered) == 1
 
 
+def test_a_step_whose_compilation_was_interrupted_is_compiled_at_the_next(monkeypatch):
+    module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))
+    script, calls = torch.jit.script, []
+
+    def interrupted_once(obj, *args, **kwargs):
+        if isinstance(obj, torch.fx.GraphModule):  # not what torch.jit.script compiles on its way (kwarg _rcb)
+            calls.append(obj)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+        return script(obj, *args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "script", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        _both(module, vocab)
+    flat_logits, eager, program = _both(module, vocab)
+    assert len(calls) == 2 and program.program.scripted is not None
+    assert torch.equal(flat_logits, eager)
+
+
 def test_compiling_a_step_shows_no_warning():
     """torch.jit.script warns that TorchScript is deprecated: a user of `specc sample` has nothing to do about it."""
     module, vocab = _model("gpt2.spec", dict(vocab=40, ctx=16, d=32, layers=2, heads=4))

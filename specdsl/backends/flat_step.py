@@ -107,6 +107,9 @@ class _Program:
                 self.scripted = torch.jit.script(self.graph_module).forward
         except Exception:  # noqa: BLE001 -- what TorchScript cannot compile (or a torch without it) runs as Python
             self.scripted = None
+        except BaseException:  # Ctrl-C while compiling: not a refusal, so offered again at the next step
+            self.steps -= 1
+            raise
 
 
 class FlatStep:
