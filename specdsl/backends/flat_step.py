@@ -89,7 +89,8 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # saved a step, 155 steps; 70 ms and 0.25 ms for the d=128 demo model, 280; 127 ms for GPT-2 small). Scripting after
 # that many, like renting skis until their price is spent, never costs more than twice the best choice made knowing
 # the future: a 200-token `specc sample` never pays it, a long generation or a process that generates again does.
-SCRIPT_AFTER_STEPS = 256
+# None: never (bench/inference.py times the Python program so).
+SCRIPT_AFTER_STEPS: int | None = 256
 
 
 class _Program:
